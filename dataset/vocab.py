@@ -1,0 +1,60 @@
+"""Per-field vocabularies: fit on train-split counts, deterministic ids, OOV and missing ids.
+
+Id layout of every field (the same for every dataset):
+
+* ``0``: OOV: values seen fewer than ``min_count`` times in the train split, and values never seen there;
+* ``1``: missing (an empty cell);
+* ``2 ..``: the kept values, in sorted order of their string form (so ids depend only on the data and
+  ``min_count``, never on hash seeds or the order rows were read in).
+
+Encoding is vectorized (``pandas.Index.get_indexer``), so it runs at C speed.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+OOV_ID = 0
+MISSING_ID = 1
+MISSING = ""  # how a missing cell is spelled in the raw data once read as strings
+
+
+class Vocabulary:
+    """The kept values of one field. Build with :meth:`fit`; map with :meth:`encode`."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        kept = sorted(set(values) - {MISSING})
+        self.index = pd.Index(kept, dtype=object)
+
+    @classmethod
+    def fit(cls, counts: pd.Series | dict[str, int], min_count: int) -> "Vocabulary":
+        """Keep values whose train-split count is at least ``min_count``. ``counts``: value -> count."""
+        counts = pd.Series(counts, dtype="int64") if isinstance(counts, dict) else counts
+        return cls(counts.index[counts.to_numpy() >= min_count].astype(str))
+
+    def __len__(self) -> int:
+        """Number of ids, OOV and missing included (the field's ``vocab_size``)."""
+        return len(self.index) + 2
+
+    def encode(self, values: pd.Series | np.ndarray) -> np.ndarray:
+        """Strings (``""`` or NaN for missing) -> int32 ids [n]."""
+        values = pd.Series(values, copy=False)
+        missing = values.isna().to_numpy() | (values.to_numpy() == MISSING)
+        ids = self.index.get_indexer(values.astype(object)) + 2  # unseen -> -1 + 2 = 1, fixed below
+        ids[ids == 1] = OOV_ID
+        ids[missing] = MISSING_ID
+        return ids.astype(np.int32)
+
+    def values(self) -> list[str]:
+        return list(self.index)
+
+
+def count_values(counts: pd.Series | None, values: pd.Series) -> pd.Series:
+    """Add the value counts of ``values`` (missing cells excluded) to a running ``counts`` Series."""
+    new = values.dropna()
+    new = new[new != MISSING].value_counts(sort=False)
+    if counts is None:
+        return new
+    return counts.add(new, fill_value=0).astype("int64")

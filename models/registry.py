@@ -1,0 +1,62 @@
+"""One registry: ``--model deepfm`` or ``--model DeepFM`` finds the class."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from dataset.schema import Schema
+
+MODELS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make a model reachable by its (case-insensitive) class name."""
+    key = cls.__name__.lower()
+    if key in MODELS and MODELS[key] is not cls:
+        raise ValueError(f"model name {cls.__name__} is registered twice")
+    MODELS[key] = cls
+    return cls
+
+
+def model_names() -> list[str]:
+    return sorted(cls.__name__ for cls in MODELS.values())
+
+
+def get_model_class(name: str) -> type:
+    try:
+        return MODELS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(model_names())}") from None
+
+
+def model_hparams(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword hyperparameters of a model (its ``__init__`` arguments after ``schema``), with defaults."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: p for k, p in params.items() if k not in ("self", "schema") and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def init_dense_weights(model: nn.Module, init: str = "xavier_normal") -> None:
+    """Glorot/Xavier init for every Linear/Conv1d weight, zeros for their biases (embeddings keep theirs)."""
+    fns = {"xavier_normal": nn.init.xavier_normal_, "xavier_uniform": nn.init.xavier_uniform_,
+           "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, a=5 ** 0.5)}
+    if init not in fns:
+        raise ValueError(f"unknown init {init!r}; choose one of {sorted(fns)}")
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d)):
+            fns[init](m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_model(name: str, schema: Schema, dense_init: str = "xavier_normal", **hparams: Any) -> nn.Module:
+    """Build a registered model from a store's schema; unknown hyperparameters are an error."""
+    cls = get_model_class(name)
+    unknown = set(hparams) - set(model_hparams(cls))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no hyperparameter(s) {sorted(unknown)}; "
+                         f"it takes {sorted(model_hparams(cls))}")
+    model = cls(schema, **hparams)
+    init_dense_weights(model, dense_init)
+    return model
