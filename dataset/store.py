@@ -149,6 +149,7 @@ class StoreWriter:
         self._env.sync(True)
         self._env.close()
         if self.path.exists():  # only reachable with overwrite=True
+            _evict(self.path)
             old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
             os.replace(self.path, old)
             os.replace(self._tmp, self.path)
@@ -174,9 +175,45 @@ class StoreWriter:
             self.abort()
 
 
+_ENVS: dict[str, tuple[int, lmdb.Environment]] = {}  # resolved path -> (pid, env): one handle per process
+
+
+def _env(path: Path) -> lmdb.Environment:
+    """This process's read-only handle on a store (py-lmdb allows one per environment and process).
+    Keyed by pid too, so a forked worker opens its own instead of using its parent's."""
+    key = str(path.resolve())
+    hit = _ENVS.get(key)
+    if hit is None or hit[0] != os.getpid():
+        env = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True, max_readers=512)
+        _ENVS[key] = (os.getpid(), env)
+    return _ENVS[key][1]
+
+
+def _evict(path: Path) -> None:
+    """Drop this process's handle on a store that is about to be replaced."""
+    hit = _ENVS.pop(str(path.resolve()), None)
+    if hit is not None and hit[0] == os.getpid():
+        hit[1].close()
+
+
+def _read_meta(path: Path) -> bytes | None:
+    """The metadata record, read without leaving a handle open in this process (unless one already is)."""
+    hit = _ENVS.get(str(path.resolve()))
+    if hit is not None and hit[0] == os.getpid():
+        with hit[1].begin() as txn:
+            return txn.get(META_KEY)
+    env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
+    try:
+        with env.begin() as txn:
+            return txn.get(META_KEY)
+    finally:
+        env.close()
+
+
 class StoreReader:
-    """Read-only access to a store. Opens LMDB lazily, so an instance can be pickled into DataLoader
-    workers before first use; each process opens its own handle (never shared across a fork)."""
+    """Read-only access to a store. Holds no LMDB handle itself: chunks are read through a per-process
+    handle opened on first use, so a reader can be pickled into DataLoader workers and no handle is ever
+    used across a fork."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -185,10 +222,7 @@ class StoreReader:
                 f"no store at {self.path}: run `python preprocess.py criteo --out {self.path}` "
                 f"(or pass --data to an existing store)"
             )
-        self._env: lmdb.Environment | None = None
-        self._pid: int | None = None
-        with self._open().begin() as txn:
-            raw = txn.get(META_KEY)
+        raw = _read_meta(self.path)
         if raw is None:
             raise ValueError(f"{self.path} has no metadata record: it is not a complete store; preprocess it again")
         self.meta: dict[str, Any] = json.loads(raw)
@@ -198,14 +232,6 @@ class StoreReader:
                 f"preprocess it again"
             )
         self.schema = Schema.from_dict(self.meta["schema"])
-        self.close()  # reopened lazily where it is used, so no handle crosses a fork
-
-    def _open(self) -> lmdb.Environment:
-        if self._env is None or self._pid != os.getpid():
-            self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, subdir=True,
-                                  max_readers=512)
-            self._pid = os.getpid()
-        return self._env
 
     def num_rows(self, split: str) -> int:
         return int(self.meta["splits"][split]["rows"])
@@ -215,19 +241,8 @@ class StoreReader:
 
     def read_chunk(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> sparse int32 [n, F], dense float32 [n, D], label float32 [n, T] (copies, safe to keep)."""
-        with self._open().begin(buffers=True) as txn:
+        with _env(self.path).begin(buffers=True) as txn:
             buf = txn.get(chunk_key(split, index))
             if buf is None:
                 raise KeyError(f"{self.path}: chunk {index} of split {split!r} is missing")
             return tuple(a.copy() for a in decode_chunk(buf, self.schema))  # type: ignore[return-value]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_env"] = None
-        state["_pid"] = None
-        return state
-
-    def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
