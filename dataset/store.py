@@ -219,8 +219,8 @@ class StoreReader:
         self.path = Path(path)
         if not (self.path / "data.mdb").is_file():
             raise FileNotFoundError(
-                f"no store at {self.path}: run `python preprocess.py criteo --out {self.path}` "
-                f"(or pass --data to an existing store)"
+                f"no store at {self.path}: create it with `python preprocess.py <dataset> --out {self.path}` "
+                f"(datasets: criteo, census, aliexpress, aliccp), or pass --data pointing to an existing store"
             )
         raw = _read_meta(self.path)
         if raw is None:
