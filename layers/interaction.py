@@ -1,5 +1,7 @@
-"""Feature-interaction layers over field embeddings [B, F, D]."""
+"""Feature-interaction layers over field embeddings [B, F, D]: FM, pairwise products, AFM pooling, CIN."""
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -24,3 +26,135 @@ class FactorizationMachine(nn.Module):
         sum_of_square = emb.pow(2).sum(dim=1)  # [B, D]
         out = 0.5 * (square_of_sum - sum_of_square)  # [B, D]
         return out.sum(dim=1, keepdim=True) if self.reduce_sum else out
+
+
+def pair_indices(num_fields: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All field pairs ``i < j`` in row-major order ``(0,1), (0,2), ..., (F-2,F-1)`` -> two int64 [P].
+
+    ``P = F * (F - 1) / 2``. Raises if there is no pair to form.
+    """
+    if num_fields < 2:
+        raise ValueError(f"pairwise interactions need at least 2 fields, got {num_fields}; "
+                         "add fields to the schema (or use dense_mode='embed' to count dense fields)")
+    rows, cols = torch.triu_indices(num_fields, num_fields, offset=1)
+    return rows, cols
+
+
+class PairwiseProduct(nn.Module):
+    """Element-wise products of every field pair: ``p_{ij} = v_i ⊙ v_j`` for ``i < j``.
+
+    The pair indices are computed once and kept as (non-persistent) buffers, so they follow
+    ``.to(device)`` and cost nothing per batch.
+
+    Shape: ``[B, F, D]`` -> ``[B, P, D]`` with ``P = F(F-1)/2``, pairs in :func:`pair_indices` order.
+
+    Example:
+        >>> pp = PairwiseProduct(num_fields=4)
+        >>> pp(torch.randn(8, 4, 16)).shape
+        torch.Size([8, 6, 16])
+    """
+
+    def __init__(self, num_fields: int) -> None:
+        super().__init__()
+        rows, cols = pair_indices(num_fields)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.rows.numel()
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb[:, self.rows] * emb[:, self.cols]  # [B, P, D]
+
+
+class AttentionalPooling(nn.Module):
+    """Attention-based pooling of pairwise interactions, the core of AFM (Xiao et al., "Attentional
+    Factorization Machines: Learning the Weight of Feature Interactions via Attention Networks",
+    IJCAI 2017):
+
+        a'_{ij} = h^T ReLU(W (v_i ⊙ v_j) + b)             attention network, W: [A, D], b: [A], h: [A]
+        a_{ij}  = exp(a'_{ij}) / sum_{(k,l)} exp(a'_{kl})  softmax over all pairs
+        f_Att   = sum_{i<j} a_{ij} (v_i ⊙ v_j)             -> [B, D]
+
+    The embeddings carry the feature values (``x_i v_i``), as in the paper. Dropout is applied to
+    ``f_Att``, as in the authors' code; the model maps ``f_Att`` to a logit with ``p^T f_Att``.
+
+    Shape: ``[B, F, D]`` -> ``[B, D]``; :meth:`attend` also returns the weights ``a`` [B, P].
+
+    Example:
+        >>> pool = AttentionalPooling(num_fields=5, embed_dim=16, attention_dim=8)
+        >>> out, weights = pool.attend(torch.randn(4, 5, 16))
+        >>> out.shape, weights.shape
+        (torch.Size([4, 16]), torch.Size([4, 10]))
+    """
+
+    def __init__(self, num_fields: int, embed_dim: int, attention_dim: int = 16, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.pairs = PairwiseProduct(num_fields)
+        self.attention = nn.Sequential(nn.Linear(embed_dim, attention_dim), nn.ReLU(),
+                                       nn.Linear(attention_dim, 1, bias=False))
+        self.dropout = nn.Dropout(dropout)
+
+    def attend(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> pooled ``f_Att`` [B, D] and attention weights [B, P] (each row sums to 1)."""
+        products = self.pairs(emb)  # [B, P, D]
+        weights = torch.softmax(self.attention(products).squeeze(-1), dim=1)  # [B, P]
+        pooled = torch.einsum("bp,bpd->bd", weights, products)  # [B, D]
+        return self.dropout(pooled), weights
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.attend(emb)[0]
+
+
+class CIN(nn.Module):
+    """Compressed Interaction Network of xDeepFM (Lian et al., "xDeepFM: Combining Explicit and Implicit
+    Feature Interactions for Recommender Systems", KDD 2018, eq. 6 and sum pooling):
+
+        z^k_{h,j,*} = x^{k-1}_{h,*} ⊙ x^0_{j,*}                    [B, H_{k-1}, m, D]  (outer product on fields)
+        x^k_{c,*}   = sum_{h,j} W^{k,c}_{h,j} z^k_{h,j,*}            [B, H_k, D]         (H_k filters = 1x1 Conv1d)
+        p^k_c       = sum_d x^k_{c,d}                               sum pooling over the embedding dimension
+        p^+         = [p^1, ..., p^T]                               direct connections to the output
+
+    ``m`` is the number of fields and ``H_0 = m``. With ``split_half`` (as in the authors' code), each
+    hidden layer but the last sends half of its maps to the output and the other half to the next layer.
+    No bias and no activation: exactly eq. 6.
+
+    Shape: ``[B, m, D]`` -> ``[B, output_dim]``, ``output_dim = sum_k H_k`` where ``split_half`` halves
+    every ``H_k`` but the last.
+
+    Example:
+        >>> cin = CIN(num_fields=6, layer_sizes=(8, 8, 4), split_half=True)
+        >>> cin.output_dim, cin(torch.randn(2, 6, 16)).shape
+        (12, torch.Size([2, 12]))
+    """
+
+    def __init__(self, num_fields: int, layer_sizes: Sequence[int] = (64, 64, 64), split_half: bool = True) -> None:
+        super().__init__()
+        if not layer_sizes:
+            raise ValueError("CIN needs at least one layer; give layer_sizes, e.g. (64, 64, 64)")
+        if split_half and any(h % 2 for h in layer_sizes[:-1]):
+            raise ValueError(f"CIN layer_sizes {tuple(layer_sizes)} must be even (all but the last) with "
+                             "split_half=True; use even sizes or split_half=False")
+        self.convs = nn.ModuleList()
+        self.direct_sizes: list[int] = []
+        prev = num_fields
+        for k, size in enumerate(layer_sizes):
+            self.convs.append(nn.Conv1d(prev * num_fields, size, kernel_size=1, bias=False))
+            split = split_half and k < len(layer_sizes) - 1
+            self.direct_sizes.append(size // 2 if split else size)
+            prev = size // 2 if split else size
+        self.output_dim = sum(self.direct_sizes)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        batch, _, dim = x0.shape
+        hidden, pooled = x0, []
+        for conv, direct in zip(self.convs, self.direct_sizes):
+            z = torch.einsum("bhd,bmd->bhmd", hidden, x0).reshape(batch, -1, dim)  # [B, H_{k-1} * m, D]
+            x = conv(z)  # [B, H_k, D]
+            if direct < x.shape[1]:  # split_half: first half feeds the next layer, second half the output
+                hidden, x = torch.split(x, [x.shape[1] - direct, direct], dim=1)
+            else:
+                hidden = x
+            pooled.append(x.sum(dim=2))  # [B, direct]
+        return torch.cat(pooled, dim=1)  # [B, output_dim]

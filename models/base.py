@@ -22,12 +22,13 @@ class CTRModel(nn.Module):
     """
 
     multitask: bool = False
+    embedding_cls: type[FeatureEmbedding] = FeatureEmbedding  # FFM / ONN swap in the field-aware kind
 
     def __init__(self, schema: Schema, embed_dim: int = 16, dense_mode: str = "vector",
                  embed_init_std: float = 1e-4) -> None:
         super().__init__()
         self.schema = schema
-        self.embedding = FeatureEmbedding(schema, embed_dim, dense_mode, embed_init_std)
+        self.embedding = self.embedding_cls(schema, embed_dim, dense_mode, embed_init_std)
         self.tasks: tuple[str, ...] = tuple(schema.labels) if self.multitask else tuple(schema.labels[:1])
 
     @property

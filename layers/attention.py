@@ -1,0 +1,67 @@
+"""Self-attention over fields: the interacting layer of AutoInt."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class InteractingLayer(nn.Module):
+    r"""Multi-head self-attention over field embeddings with a residual projection, the interacting layer of
+    AutoInt (Song et al., "AutoInt: Automatic Feature Interaction Learning via Self-Attentive Neural
+    Networks", CIKM 2019). For every head h and field m:
+
+        psi^h(e_m, e_k)   = <W_Q^h e_m, W_K^h e_k>                  (divided by sqrt(d') if use_scale)
+        alpha^h_{m,k}     = softmax_k psi^h(e_m, e_k)                over the F fields k
+        e~^h_m            = sum_k alpha^h_{m,k} W_V^h e_k            [d']
+        e~_m              = e~^1_m ⊕ ... ⊕ e~^H_m                    [H * d']
+        e^Res_m           = ReLU(e~_m + W_Res e_m)                   (LayerNorm before the ReLU if layer_norm)
+
+    ``W_Q, W_K, W_V, W_Res``: [H*d', input_dim], no bias. Without ``use_residual`` the ``W_Res e_m`` term is dropped.
+
+    Args:
+        input_dim: width of each input field vector (D for the first layer, H*d' after).
+        attention_dim: d', the width of one head.
+        num_heads: H.
+        use_residual: add ``W_Res e_m`` (the paper's residual connection).
+        use_scale: divide the scores by ``sqrt(d')`` (Transformer style; not in the paper).
+        layer_norm: LayerNorm over the H*d' output before the ReLU.
+
+    Shape: ``[B, F, input_dim]`` -> ``[B, F, H*d']``; :meth:`attend` also returns ``alpha`` [B, H, F, F]
+    (query field m on dim 2, key field k on dim 3; rows sum to 1).
+
+    Example:
+        >>> layer = InteractingLayer(input_dim=16, attention_dim=8, num_heads=2)
+        >>> out, alpha = layer.attend(torch.randn(4, 5, 16))
+        >>> out.shape, alpha.shape
+        (torch.Size([4, 5, 16]), torch.Size([4, 2, 5, 5]))
+    """
+
+    def __init__(self, input_dim: int, attention_dim: int = 64, num_heads: int = 1, use_residual: bool = True,
+                 use_scale: bool = False, layer_norm: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_dim = attention_dim
+        self.output_dim = num_heads * attention_dim
+        self.scale = attention_dim ** -0.5 if use_scale else 1.0
+        self.W_q = nn.Linear(input_dim, self.output_dim, bias=False)
+        self.W_k = nn.Linear(input_dim, self.output_dim, bias=False)
+        self.W_v = nn.Linear(input_dim, self.output_dim, bias=False)
+        self.W_res = nn.Linear(input_dim, self.output_dim, bias=False) if use_residual else None
+        self.norm = nn.LayerNorm(self.output_dim) if layer_norm else nn.Identity()
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, F, H*d'] -> [B, H, F, d']."""
+        batch, fields, _ = x.shape
+        return x.view(batch, fields, self.num_heads, self.attention_dim).transpose(1, 2)
+
+    def attend(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> output [B, F, H*d'] and attention weights alpha [B, H, F, F]."""
+        q, k, v = self._heads(self.W_q(emb)), self._heads(self.W_k(emb)), self._heads(self.W_v(emb))
+        alpha = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)  # [B, H, F, F]
+        out = (alpha @ v).transpose(1, 2).flatten(start_dim=2)  # [B, F, H*d']
+        if self.W_res is not None:
+            out = out + self.W_res(emb)
+        return torch.relu(self.norm(out)), alpha
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.attend(emb)[0]
