@@ -38,7 +38,10 @@ def model_hparams(cls: type) -> dict[str, inspect.Parameter]:
 
 
 def init_dense_weights(model: nn.Module, init: str = "xavier_normal") -> None:
-    """Glorot/Xavier init for every Linear/Conv1d weight, zeros for their biases (embeddings keep theirs)."""
+    """Glorot/Xavier init (or ``init``) for every Linear/Conv1d weight, zeros for their biases, and the same
+    for layers that hold stacks of linear maps and say so with an ``init_dense(fn)`` method (the batched
+    experts). Embeddings keep their own init; formula-specific parameters (cross and bilinear kernels)
+    are Xavier-normal initialized by their layers."""
     fns = {"xavier_normal": nn.init.xavier_normal_, "xavier_uniform": nn.init.xavier_uniform_,
            "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, a=5 ** 0.5)}
     if init not in fns:
@@ -48,6 +51,8 @@ def init_dense_weights(model: nn.Module, init: str = "xavier_normal") -> None:
             fns[init](m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif hasattr(m, "init_dense"):
+            m.init_dense(fns[init])
 
 
 def build_model(name: str, schema: Schema, dense_init: str = "xavier_normal", **hparams: Any) -> nn.Module:
