@@ -184,6 +184,8 @@ def _env(path: Path) -> lmdb.Environment:
     key = str(path.resolve())
     hit = _ENVS.get(key)
     if hit is None or hit[0] != os.getpid():
+        if hit is not None:  # inherited over fork: py-lmdb refuses a second open while this one is registered
+            hit[1].close()  # closes the child's copy only; the parent's handle is unaffected
         env = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True, max_readers=512)
         _ENVS[key] = (os.getpid(), env)
     return _ENVS[key][1]
