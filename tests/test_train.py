@@ -1,0 +1,327 @@
+"""train.py: learning, TensorBoard output, DDP equivalence, exact resume after SIGKILL, the NaN guard,
+CLI errors, multi-process CPU runs and multi-task training.
+
+Stores are small (a few thousand rows) and carry a planted signal:
+``label ~ Bernoulli(sigmoid(sum_f w_f[x_f] - 1))`` with random per-id weights ``w_f``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from sklearn.metrics import log_loss, roc_auc_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import models
+import train
+from conftest import ROOT, make_batch
+from dataset.loader import make_loader
+from dataset.schema import Schema
+from dataset.store import StoreReader, StoreWriter
+
+SMALL = ["--batch_size", "64", "--num_workers", "0", "--embed_size", "8", "--log_every", "5", "--seed", "7"]
+DEEPFM = ["--model", "DeepFM", "--hidden_units", "32", "32", *SMALL]
+
+
+def write_store(path: Path, n_rows: int = 2000, labels: tuple[str, ...] = ("click",), seed: int = 0,
+                chunk_size: int = 128) -> Path:
+    """A store of ``n_rows`` rows (80/10/10 train/valid/test): 4 sparse fields of 20 ids, 2 dense fields,
+    one planted-signal label column per name in ``labels``."""
+    rng = np.random.default_rng(seed)
+    fields, vocab = 4, 20
+    sparse = rng.integers(0, vocab, (n_rows, fields)).astype(np.int32)
+    dense = rng.random((n_rows, 2)).astype(np.float32)
+    columns = []
+    for _ in labels:
+        weights = rng.normal(0.0, 1.5, (fields, vocab))
+        logit = weights[np.arange(fields), sparse].sum(axis=1) - 1.0
+        columns.append(rng.random(n_rows) < 1.0 / (1.0 + np.exp(-logit)))
+    label = np.stack(columns, axis=1).astype(np.float32)
+    schema = Schema([f"C{i}" for i in range(fields)], [vocab] * fields, ("I0", "I1"), labels)
+    a, b = int(0.8 * n_rows), int(0.9 * n_rows)
+    with StoreWriter(path, schema, dataset="planted", chunk_size=chunk_size) as writer:
+        for split, rows in (("train", slice(0, a)), ("valid", slice(a, b)), ("test", slice(b, n_rows))):
+            writer.add(split, sparse[rows], dense[rows], label[rows])
+    return path
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture | None = None) -> tuple[int, str]:
+    """train.main in this process -> (exit code, stderr)."""
+    code = train.main([str(a) for a in argv])
+    return code, capsys.readouterr().err if capsys else ""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_store(tmp_path_factory.mktemp("store") / "planted")
+
+
+@pytest.fixture(scope="module")
+def deepfm_run(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished 2-epoch single-process DeepFM run (shared by several tests)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "deepfm"
+    assert train.main([*DEEPFM, "--data", str(store), "--epochs", "2", "--model_save_dir", str(run_dir)]) == 0
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+# -- learning and outputs ------------------------------------------------------------------------------
+
+
+def test_deepfm_beats_the_untrained_model_on_valid_auc(store: Path, deepfm_run: Path):
+    config = json.loads((deepfm_run / "config.json").read_text())
+    torch.manual_seed(7)
+    untrained = models.build_model("DeepFM", StoreReader(store).schema, **config["model_hparams"])
+    loader = make_loader(store, "valid", 64, train=False, num_workers=0)
+    before, rows = train.evaluate(untrained, loader, train.Ctx())
+    after = read_metrics(deepfm_run)
+    assert rows == StoreReader(store).num_rows("valid")
+    assert after["valid"]["auc"] > before["auc"] + 0.15
+    assert after["valid"]["auc"] > 0.75 and after["test"]["auc"] > 0.75
+    assert after["test_rows"] == StoreReader(store).num_rows("test")
+    assert after["stop_reason"] == "epochs" and after["epochs"] == 2
+
+
+def test_run_dir_holds_config_checkpoints_and_tensorboard_scalars(store: Path, deepfm_run: Path):
+    config = json.loads((deepfm_run / "config.json").read_text())
+    assert config["model"] == "DeepFM" and config["model_hparams"]["hidden_units"] == [32, 32]
+    assert config["model_hparams"]["embed_dim"] == 8
+    assert config["store"]["path"] == str(store) and config["store"]["dataset"] == "planted"
+    assert config["train"]["batch_size"] == 64 and config["world_size"] == 1
+    metrics = read_metrics(deepfm_run)
+    steps = metrics["global_step"]
+    assert steps == 2 * -(-StoreReader(store).num_rows("train") // 64)
+
+    events = EventAccumulator(str(deepfm_run))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/samples_per_s", "valid/auc", "valid/logloss", "test/auc",
+            "test/logloss", "hparam/test_auc"} <= scalars
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(5, steps + 1, 5))
+    assert len(events.Scalars("valid/auc")) == 2  # once per epoch
+    assert events.Scalars("test/auc")[-1].value == pytest.approx(metrics["test"]["auc"], rel=1e-6)
+    assert events.Scalars("train/lr")[0].value == pytest.approx(1e-3)
+
+    last = train.load_checkpoint(deepfm_run / "last.pt")
+    assert {"model", "optimizer", "scheduler", "progress", "rng", "config"} <= set(last)
+    assert last["progress"]["global_step"] == steps
+    assert not list(deepfm_run.glob(".*.tmp-*"))  # atomic writes leave no temp files
+
+
+def test_eval_only_scores_best_pt_like_the_run_did(deepfm_run: Path, capsys: pytest.CaptureFixture):
+    assert train.main(["--eval_only", str(deepfm_run), "--num_workers", "0"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    test = read_metrics(deepfm_run)["test"]
+    assert printed["auc"] == pytest.approx(test["auc"], abs=1e-12)
+    assert printed["logloss"] == pytest.approx(test["logloss"], abs=1e-12)
+    assert printed["rows"] == read_metrics(deepfm_run)["test_rows"]
+
+
+# -- building blocks ------------------------------------------------------------------------------------
+
+
+def test_weighted_bce_and_metrics_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(50, 2, generator=g), (torch.rand(50, 2, generator=g) < 0.4).float()
+    weights = torch.tensor([1.0, 0.25])
+    p = torch.sigmoid(logits)
+    manual = sum(w * -(y * torch.log(q) + (1 - y) * torch.log(1 - q)).mean()
+                 for w, q, y in zip(weights, p.T, labels.T))
+    assert train.weighted_bce(logits, labels, weights).item() == pytest.approx(manual.item(), rel=1e-5)
+
+    y, q = labels.double().numpy(), p.double().numpy()
+    m = train.compute_metrics(y, q, ("click", "buy"))
+    assert m["click/auc"] == roc_auc_score(y[:, 0], q[:, 0]) and m["buy/logloss"] == log_loss(y[:, 1], q[:, 1])
+    assert m["auc"] == pytest.approx((m["click/auc"] + m["buy/auc"]) / 2)
+    assert set(train.compute_metrics(y[:, :1], q[:, :1], ("click",))) == {"auc", "logloss"}
+
+
+def test_weight_decay_skips_biases_norms_and_embedding_tables(schema: Schema):
+    model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,), batch_norm=True)
+    decay, plain = train.param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert sorted(names[id(p)] for p in decay["params"]) == ["dnn.net.0.weight", "dnn.net.3.weight"]
+    assert len(decay["params"]) + len(plain["params"]) == len(names)
+
+
+def test_model_flags_come_from_the_constructor_signature():
+    args, hparams = train.parse_args(["--model", "dcnv2", "--hidden_units", "8", "4", "--batch_norm",
+                                      "--embed_size", "12", "--dropout", "0.5"])
+    assert args.model == "DCNv2" and hparams["hidden_units"] == (8, 4) and hparams["batch_norm"] is True
+    assert hparams["embed_dim"] == 12 and hparams["dropout"] == 0.5
+    assert hparams["num_cross_layers"] == 3  # the constructor's default
+    _, hparams = train.parse_args(["--model", "MMoE", "--gate_units", "--no-batch_norm"])
+    assert hparams["gate_units"] == () and hparams["batch_norm"] is False
+    with pytest.raises(SystemExit):  # DeepFM has no cross layers
+        train.parse_args(["--model", "DeepFM", "--num_cross_layers", "2"])
+
+
+def test_train_step_refuses_a_nan_loss_before_updating(schema: Schema):
+    model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    args = train.base_parser(False).parse_args([])
+    loss_fn = train.make_loss_fn(model, args, torch.device("cpu"))
+    batch = make_batch(schema, 16, seed=1)
+    batch["dense"][3, 0] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(train.NonFiniteLossError, match="at step 12"):
+        train.train_step(model, batch, optimizer, loss_fn, train.Ctx(), step=12)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- DDP --------------------------------------------------------------------------------------------------
+
+DDP_STEPS, DDP_B = 3, 8
+
+
+def ddp_model(schema: Schema) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(16, 16))  # no dropout, no BN
+
+
+def ddp_worker(rank: int, port: int, schema: Schema, out: str) -> None:
+    """Rank ``rank`` of 2 gloo processes: DDP steps on rows [rank*b:(rank+1)*b] of each 2b batch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = train.init_process(rank, 2, torch.device("cpu"))
+    model = ddp_model(schema)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, static_graph=True)
+    args = train.base_parser(False).parse_args(["--embed_l2", "0.01", "--lr", "0.01"])
+    optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args, ctx.device)
+    losses = []
+    for step in range(DDP_STEPS):
+        full = make_batch(schema, 2 * DDP_B, seed=step)
+        batch = {k: v[rank * DDP_B:(rank + 1) * DDP_B] for k, v in full.items()}
+        losses.append(train.train_step(ddp, batch, optimizer, loss_fn, ctx, step=step))
+    rows = torch.arange(3 + 2 * rank, dtype=torch.float32).unsqueeze(1) + 100 * rank  # 3 rows, then 5 rows
+    gathered = train.gather_rows(rows, ctx)
+    if rank == 0:
+        torch.save({"state": model.state_dict(), "losses": losses, "gathered": gathered}, out)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process_with_the_double_batch(schema: Schema, tmp_path: Path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(ddp_worker, args=(train.free_port(), schema, str(out)), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+
+    model = ddp_model(schema)
+    args = train.base_parser(False).parse_args(["--embed_l2", "0.01", "--lr", "0.01"])
+    optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args, torch.device("cpu"))
+    losses = [train.train_step(model, make_batch(schema, 2 * DDP_B, seed=s), optimizer, loss_fn, train.Ctx())
+              for s in range(DDP_STEPS)]
+    assert ddp["losses"] == pytest.approx(losses, rel=1e-5)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ddp["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    expected = torch.tensor([0, 1, 2, 100, 101, 102, 103, 104], dtype=torch.float32).unsqueeze(1)
+    assert torch.equal(ddp["gathered"], expected)
+
+
+def test_two_cpu_processes_score_every_test_row(store: Path, deepfm_run: Path, tmp_path: Path):
+    run_dir = tmp_path / "cpu2"
+    code = train.main([*DEEPFM, "--data", str(store), "--epochs", "1", "--cpu_procs", "2",
+                       "--model_save_dir", str(run_dir)])
+    assert code == 0
+    metrics = read_metrics(run_dir)
+    assert metrics["test_rows"] == read_metrics(deepfm_run)["test_rows"] == StoreReader(store).num_rows("test")
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+    assert 0.5 < metrics["test"]["auc"] <= 1.0
+
+
+# -- resume and failures -----------------------------------------------------------------------------------
+
+
+def test_sigkilled_run_resumes_to_the_same_final_metrics(store: Path, tmp_path: Path):
+    flags = [*DEEPFM, "--data", str(store), "--epochs", "3", "--batch_size", "32", "--dropout", "0.2",
+             "--ckpt_every", "5", "--eval_every", "30"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert train.main([*flags, "--model_save_dir", str(straight)]) == 0
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", *flags, "--model_save_dir", str(killed)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    progress = train.load_checkpoint(killed / "last.pt")["progress"]
+    assert progress["step_in_epoch"] > 0 and not (killed / "metrics.json").exists()
+
+    assert train.main(["--resume", str(killed)]) == 0
+    assert read_metrics(killed) == read_metrics(straight)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(store: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture):
+    run_dir = tmp_path / "nan"
+    code, err = run_main([*DEEPFM, "--data", store, "--lr", "1e30", "--ckpt_every", "1",
+                          "--model_save_dir", run_dir], capsys)
+    assert code == 1
+    assert "loss is nan at step 2" in err or "loss is inf at step 2" in err
+    last = train.load_checkpoint(run_dir / "last.pt")
+    assert last["progress"]["global_step"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "NoSuchNet"], "unknown model 'NoSuchNet'; valid models: "),
+    (["--gpu_ids", "7"], "--gpu_ids 7: GPU 7 does not exist"),
+    (["--gpu_ids", "zero"], "expected comma-separated GPU indices"),
+    (["--data", "{tmp}/missing"], "preprocess.py"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--model", "MMoE", "--task_weights", "1", "2", "3"], "--task_weights has 3 values"),
+    (["--resume", "{tmp}/nowhere"], "no checkpoint at"),
+])
+def test_cli_errors_are_one_clear_line(argv: list[str], message: str, store: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, err = run_main(["--data", store, "--num_workers", "0", "--model_save_dir", tmp_path / "run", *argv],
+                         capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0]
+
+
+def test_resume_refuses_another_model_or_store(deepfm_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    other = write_store(tmp_path / "two_labels", n_rows=400, labels=("click", "buy"))
+    for argv, message in ((["--hidden_units", "8"], "trained with --hidden_units (32, 32)"),
+                          (["--model", "FM"], "trained with --model DeepFM"),
+                          (["--data", str(other)], "does not match the checkpoint's store")):
+        code, err = run_main(["--resume", deepfm_run, *argv], capsys)
+        assert code == 2 and message in err, err
+    code, err = run_main([*DEEPFM, "--data", str(other), "--model_save_dir", deepfm_run], capsys)
+    assert code == 2 and f"--resume {deepfm_run}" in err
+
+
+# -- multi-task ---------------------------------------------------------------------------------------------
+
+
+def test_mmoe_trains_on_two_labels_and_logs_per_task_auc(tmp_path: Path):
+    store = write_store(tmp_path / "mt", n_rows=2000, labels=("click", "buy"), seed=1)
+    run_dir = tmp_path / "mmoe"
+    code = train.main(["--model", "MMoE", "--expert_units", "16", "--tower_units", "8", *SMALL, "--data",
+                       str(store), "--epochs", "2", "--lr", "0.01", "--task_weights", "1", "0.5",
+                       "--model_save_dir", str(run_dir)])
+    assert code == 0
+    metrics = read_metrics(run_dir)
+    for split in ("valid", "test"):
+        assert metrics[split]["auc"] == pytest.approx((metrics[split]["click/auc"] + metrics[split]["buy/auc"]) / 2)
+    assert metrics["valid"]["click/auc"] > 0.7 and metrics["valid"]["buy/auc"] > 0.7
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert {"valid/click/auc", "valid/buy/auc", "valid/click/logloss", "test/buy/auc"} <= set(events.Tags()["scalars"])

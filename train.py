@@ -1,0 +1,852 @@
+"""Train a CTR model on an LMDB store: CPU, one GPU, or DDP over many (one process per device).
+
+    python train.py --model DeepFM                              # CPU, one process
+    python train.py --model DeepFM --gpu_ids 0                  # one GPU
+    python train.py --model DeepFM --gpu_ids 0,1,2,3            # DDP: one process per GPU (NCCL)
+    torchrun --nproc_per_node 4 train.py --model DeepFM         # the same, launched by torchrun
+    python train.py --model DeepFM --cpu_procs 2                # DDP over 2 CPU processes (gloo)
+    python train.py --resume checkpoints/DeepFM/<run>           # continue a run exactly where it stopped
+    python train.py --eval_only checkpoints/DeepFM/<run>        # score its best.pt on the test split
+    python train.py --model DCN --help                          # also lists DCN's hyperparameter flags
+
+Data flows store -> loaders -> model -> loss -> optimizer. --batch_size is per process (the global batch
+is batch_size x processes). Every evaluation (each epoch, and every --eval_every steps) updates best.pt
+by valid AUC (the mean over tasks for multi-task models), steps ReduceLROnPlateau and counts toward
+--patience. At the end best.pt is scored on the test split. Rank 0 writes the run dir
+(checkpoints/<model>/<run name> unless --model_save_dir): config.json, TensorBoard events, last.pt,
+best.pt, metrics.json. A flag given with --resume overrides the saved one, except the model, its
+hyperparameters, --batch_size and --seed, which cannot change.
+"""
+from __future__ import annotations
+
+import argparse
+import collections.abc
+import inspect
+import json
+import math
+import os
+import random
+import socket
+import sys
+import time
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from sklearn.metrics import log_loss, roc_auc_score
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import models
+from dataset.loader import CTRLoader, make_loader
+from dataset.store import SPLITS, StoreReader
+from layers.embedding import FeatureEmbedding
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
+
+DEFAULT_MODEL = "DeepFM"
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
+              "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+FIXED_ON_RESUME = ("batch_size", "seed")  # besides the model and its hyperparameters
+FROM_COMMAND_LINE = ("resume", "eval_only")  # never taken from a saved config
+HARDWARE = ("gpu_ids", "cpu_procs", "num_workers", "amp")  # --eval_only takes these from the command line too
+
+
+class UsageError(Exception):
+    """Bad flags or inputs: reported as one line naming the fix, exit code 2."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the weights became NaN/inf: reported as one line, exit code 1."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line: two stages. Stage 1 finds the model (--model, or the one saved in --resume/--eval_only);
+# stage 2 adds one flag per argument of that model's constructor.
+
+
+def base_parser(add_help: bool) -> argparse.ArgumentParser:
+    """The training flags (everything except the model's own hyperparameters)."""
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, add_help=add_help, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name ({', '.join(models.model_names())})")
+    run = p.add_argument_group("data and run")
+    run.add_argument("--data", default="data/criteo", help="store directory written by preprocess.py")
+    run.add_argument("--model_save_dir", default=None, help="run dir (default: checkpoints/<model>/<run name>)")
+    run.add_argument("--run_name", default=None, help="run name (default: a timestamp)")
+    run.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt")
+    run.add_argument("--eval_only", default=None, metavar="CKPT_OR_RUN_DIR",
+                     help="score a checkpoint (a run dir means its best.pt) on the test split and exit")
+    run.add_argument("--seed", type=int, default=2018)
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--epochs", type=int, default=10)
+    opt.add_argument("--batch_size", type=int, default=4096, help="rows per step and process")
+    opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument("--weight_decay", type=float, default=0.0,
+                     help="on weight matrices only (not biases, norm parameters or embedding tables)")
+    opt.add_argument("--embed_l2", type=float, default=0.0,
+                     help="adds embed_l2 * (squared norm of the embedding rows in the batch) to the loss")
+    opt.add_argument("--loss", choices=["bce"], default="bce")
+    opt.add_argument("--task_weights", type=float, nargs="+", default=None,
+                     help="one loss weight per task of the model (default: all 1)")
+    opt.add_argument("--patience", type=int, default=2, help="stop after this many evaluations without a better valid AUC")
+    opt.add_argument("--lr_decay_factor", type=float, default=0.1, help="ReduceLROnPlateau factor on valid AUC")
+    opt.add_argument("--lr_patience", type=int, default=0, help="evaluations without improvement before the LR drops")
+    opt.add_argument("--min_lr", type=float, default=1e-6)
+    opt.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA and CPU)")
+    opt.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    hw = p.add_argument_group("hardware")
+    hw.add_argument("--gpu_ids", default="", help="comma-separated CUDA ids, e.g. 0,1,2,3 (empty: CPU)")
+    hw.add_argument("--cpu_procs", type=int, default=1, help="DDP over this many CPU processes (gloo)")
+    hw.add_argument("--num_workers", type=int, default=2, help="loader worker processes per training process")
+    log = p.add_argument_group("logging and checkpoints")
+    log.add_argument("--log_every", type=int, default=100, help="steps between train/* TensorBoard points")
+    log.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: per epoch only)")
+    log.add_argument("--ckpt_every", type=int, default=0, help="write last.pt every N steps (0: off)")
+    log.add_argument("--ckpt_minutes", type=float, default=10.0, help="write last.pt at least this often")
+    return p
+
+
+def _optional(base: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that also accepts ``none``."""
+    def convert(text: str) -> Any:
+        return None if text.lower() == "none" else base(text)
+    convert.__name__ = getattr(base, "__name__", "value")
+    return convert
+
+
+def flag_kwargs(hint: Any, default: Any) -> dict[str, Any]:
+    """argparse keywords for one constructor argument: bool -> --x / --no-x, int/float/str -> that type,
+    tuple[int, ...] / Sequence[int] / list[int] -> nargs="*" (no value: empty), X | None -> X or 'none', Literal -> choices."""
+    if hint is None and isinstance(default, (tuple, list)):
+        hint = tuple[type(default[0]) if default else str, ...]
+    elif hint is None:
+        hint = type(default)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = flag_kwargs(next(a for a in args if a is not type(None)), default)
+        return {**inner, "type": _optional(inner.get("type", str))}
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:
+        return {"choices": list(args), "type": type(args[0])}
+    if origin in (tuple, list, collections.abc.Sequence):
+        return {"nargs": "*", "type": args[0] if args else str}
+    if hint in (int, float, str):
+        return {"type": hint}
+    raise TypeError(f"train.py cannot make a flag for a constructor argument of type {hint!r}")
+
+
+def add_model_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
+    """One flag per hyperparameter of ``cls`` (``--embed_size`` is ``embed_dim``); returns their names."""
+    group = parser.add_argument_group(f"{cls.__name__} hyperparameters (from its constructor)")
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except NameError:  # an annotation that cannot be resolved: fall back on the defaults' types
+        hints = {}
+    names = []
+    for name, param in models.model_hparams(cls).items():
+        flags = ["--embed_size", "--embed_dim"] if name == "embed_dim" else [f"--{name}"]
+        required = param.default is inspect.Parameter.empty
+        group.add_argument(*flags, dest=name, required=required, default=None if required else param.default,
+                           help=None if required else f"default: {param.default}",
+                           **flag_kwargs(hints.get(name), param.default))
+        names.append(name)
+    return names
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the flags that ``argv`` sets explicitly (argparse leaves preset attributes alone)."""
+    unset = object()
+    preset = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    parsed = parser.parse_args(argv, namespace=preset)
+    return {k for k, v in vars(parsed).items() if v is not unset}
+
+
+def checkpoint_path(first: argparse.Namespace) -> Path | None:
+    """The checkpoint whose saved config this command continues or scores, if any."""
+    if first.resume and first.eval_only:
+        raise UsageError("--resume and --eval_only exclude each other; pass one of them")
+    if first.resume:
+        return Path(first.resume) / "last.pt"
+    if first.eval_only:
+        path = Path(first.eval_only)
+        return path / "best.pt" if path.is_dir() else path
+    return None
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """-> (training flags, model hyperparameters). With --resume or --eval_only the checkpoint's saved
+    config fills every flag the command line does not give."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first, _ = base_parser(add_help=False).parse_known_args(argv)
+    ckpt = checkpoint_path(first)
+    saved = load_checkpoint(ckpt, mmap=True)["config"] if ckpt else None
+    try:
+        cls = models.get_model_class(saved["model"] if saved else first.model)
+    except ValueError as e:
+        raise UsageError(f"--model: {e}") from None
+    parser = base_parser(add_help=True)
+    names = add_model_flags(parser, cls)
+    args = parser.parse_args(argv)
+    hparams = {k: _plain(getattr(args, k)) for k in names}
+    for k in names:
+        delattr(args, k)
+    if saved:
+        args, hparams = apply_saved(args, hparams, saved, given_flags(parser, argv))
+    args.model = cls.__name__
+    return args, hparams
+
+
+def _plain(value: Any) -> Any:
+    """Lists (from nargs or JSON) -> tuples, so configs compare equal however they were read."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def apply_saved(args: argparse.Namespace, hparams: dict[str, Any], saved: dict[str, Any],
+                given: set[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Merge a checkpoint's config under the flags given on the command line; changing the model (or,
+    on --resume, its hyperparameters, the batch size or the seed) is an error."""
+    saved_hp = {k: _plain(v) for k, v in saved["model_hparams"].items()}
+    fixed = {**saved_hp, **({k: saved["train"][k] for k in FIXED_ON_RESUME} if args.resume else {})}
+    current = {**vars(args), **hparams}
+    changed = [k for k in sorted(given & set(fixed)) if current[k] != fixed[k]]
+    if "model" in given and args.model.lower() != saved["model"].lower():
+        changed.insert(0, "model")
+        fixed["model"] = saved["model"]
+    if changed:
+        what = ", ".join(f"--{k} {fixed[k]}" for k in changed)
+        raise UsageError(f"the checkpoint was trained with {what}; drop those flags (start a new run to change them)")
+    cli = {*given, *FROM_COMMAND_LINE, *(HARDWARE if args.eval_only else ())}
+    merged = {k: (v if k in cli or k not in saved["train"] else saved["train"][k]) for k, v in vars(args).items()}
+    merged["task_weights"] = _plain(merged["task_weights"])
+    return argparse.Namespace(**merged), saved_hp
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Ranges of the numeric flags."""
+    positive = ("epochs", "batch_size", "patience", "log_every", "cpu_procs")
+    non_negative = ("num_workers", "eval_every", "ckpt_every", "max_steps", "lr_patience", "embed_l2",
+                    "weight_decay", "ckpt_minutes")
+    for k in positive:
+        if getattr(args, k) < 1:
+            raise UsageError(f"--{k} must be >= 1, got {getattr(args, k)}")
+    for k in non_negative:
+        if getattr(args, k) < 0:
+            raise UsageError(f"--{k} must be >= 0, got {getattr(args, k)}")
+    if not 0 < args.lr_decay_factor < 1:
+        raise UsageError(f"--lr_decay_factor must be in (0, 1), got {args.lr_decay_factor}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Processes and devices (the nanoGPT pattern): torchrun's env, else one spawned process per --gpu_ids
+# entry, else CPU (one process, or --cpu_procs processes). NCCL on CUDA, gloo on CPU.
+
+
+def parse_gpu_ids(text: str) -> list[int]:
+    """``"0,1"`` -> [0, 1]; every id must name a CUDA device of this machine."""
+    if not text.strip():
+        return []
+    try:
+        ids = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--gpu_ids {text!r}: expected comma-separated GPU indices like 0,1,2,3 "
+                         f"(or --gpu_ids '' for CPU)") from None
+    count = torch.cuda.device_count()
+    missing = [i for i in ids if not 0 <= i < count]
+    if missing:
+        have = f"ids 0..{count - 1}" if count else "no CUDA device"
+        raise UsageError(f"--gpu_ids {text}: GPU {missing[0]} does not exist (this machine has {have}); "
+                         f"pass existing ids, or --gpu_ids '' to train on CPU")
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"--gpu_ids {text}: each GPU may appear once")
+    return ids
+
+
+def torchrun_env() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def plan_devices(args: argparse.Namespace) -> list[torch.device]:
+    """The device of each process this machine starts (torchrun: of each local rank)."""
+    gpus = parse_gpu_ids(args.gpu_ids)
+    if gpus and args.cpu_procs > 1:
+        raise UsageError("--gpu_ids and --cpu_procs exclude each other; pass one of them")
+    if torchrun_env():
+        local = int(os.environ["LOCAL_RANK"])
+        if not torch.cuda.is_available():
+            return [torch.device("cpu")] * (local + 1)
+        return [torch.device("cuda", gpus[i] if gpus else i) for i in range(local + 1)]
+    if gpus:
+        return [torch.device("cuda", i) for i in gpus]
+    return [torch.device("cpu")] * args.cpu_procs
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Where this process runs: its rank among ``world_size`` processes and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process(rank: int, world_size: int, device: torch.device) -> Ctx:
+    """Join the process group (MASTER_ADDR/PORT from the env, set by torchrun or by :func:`launch`)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif world_size > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    if world_size > 1:  # DDP
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return Ctx(rank, world_size, device)
+
+
+def mean_over_ranks(x: torch.Tensor, ctx: Ctx) -> float:
+    """Mean of a scalar over all ranks (DDP: one all_reduce)."""
+    if ctx.world_size > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x = x / ctx.world_size
+    return float(x)
+
+
+def gather_rows(x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+    """Every rank's rows ``[n_r, ...]`` concatenated in rank order -> ``[sum_r n_r, ...]`` on every rank.
+    Ranks may hold different ``n_r``: rows are padded to the largest, all-gathered, then trimmed."""
+    if ctx.world_size == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, n)
+    padded = x.new_zeros((int(max(sizes)), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model, optimizer, loss, one step.
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: biases and norm parameters (1-D) and every embedding table
+    (the shared :class:`FeatureEmbedding`, any ``nn.Embedding``) get none."""
+    tables = {id(p) for m in model.modules() if isinstance(m, (FeatureEmbedding, nn.Embedding))
+              for p in m.parameters()}
+    decay, plain = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and id(p) not in tables else plain).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    return OPTIMIZERS[args.optimizer](param_groups(model, args.weight_decay), lr=args.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Multiply the LR by --lr_decay_factor after --lr_patience + 1 evaluations without a better valid AUC
+    (FuxiCTR's trainer decays by 0.1 on every non-improving evaluation: --lr_patience 0)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_decay_factor,
+                                                      patience=args.lr_patience, min_lr=args.min_lr)
+
+
+def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_t w_t * mean_b BCE(logits[b, t], labels[b, t])``; logits, labels [B, T], weights [T] -> scalar."""
+    per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=0)  # [T]
+    return (per_task * weights).sum()
+
+
+def compute_loss(model: nn.Module, batch: Batch, logits: torch.Tensor, task_weights: torch.Tensor,
+                 embed_l2: float) -> torch.Tensor:
+    """The training loss of ``logits = model(batch)`` [B, T]: the model's own ``loss`` if it defines one,
+    else per-task BCE against ``batch["label"][:, :T]`` (T = model.num_tasks); plus the embedding L2 term."""
+    if hasattr(model, "loss"):
+        loss = model.loss(batch, logits)
+    else:
+        loss = weighted_bce(logits, batch["label"][:, : model.num_tasks], task_weights)
+    if embed_l2:
+        loss = loss + embed_l2 * model.embedding.l2_penalty(batch)
+    return loss
+
+
+def make_loss_fn(model: nn.Module, args: argparse.Namespace, device: torch.device) -> LossFn:
+    """:func:`compute_loss` bound to the (unwrapped) model, --task_weights and --embed_l2."""
+    weights = args.task_weights or (1.0,) * model.num_tasks
+    if len(weights) != model.num_tasks:
+        raise UsageError(f"--task_weights has {len(weights)} values but {type(model).__name__} predicts "
+                         f"{model.num_tasks} task(s) {list(model.tasks)}; pass one weight per task")
+    return partial(compute_loss, model, task_weights=torch.tensor(weights, device=device), embed_l2=args.embed_l2)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, loss_fn: LossFn, ctx: Ctx,
+               *, amp: bool = False, step: int = 0) -> float:
+    """One optimizer step of ``model`` (DDP-wrapped when ``ctx.world_size > 1``) on this rank's batch.
+
+    Returns the loss averaged over ranks. Raises :class:`NonFiniteLossError` naming ``step`` before any
+    update if that loss is NaN or inf (every rank sees the same averaged value, so all stop together).
+    """
+    model.train()
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(batch)  # [B, T]
+    loss = loss_fn(batch, logits.float())
+    value = mean_over_ranks(loss.detach(), ctx)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"the training loss is {value} at step {step}; no update was made. Lower --lr, "
+                                 f"raise --embed_l2 or check the data; last.pt holds the last good state")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # DDP: gradients are averaged over ranks here
+    optimizer.step()
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation: predictions of every rank gathered, metrics computed once on the whole split.
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """-> labels and probabilities [N, T] of the whole split (every rank's rows, on every rank)."""
+    model.eval()
+    tasks = model.num_tasks
+    with torch.random.fork_rng(devices=[]):  # a loader's iterator may draw seeds: keep the training stream
+        batches = iter(loader)
+    labels, probs = [torch.empty(0, tasks, device=ctx.device)], [torch.empty(0, tasks, device=ctx.device)]
+    for batch in batches:
+        batch = to_device(batch, ctx.device)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(batch)  # [B, T]
+        probs.append(torch.sigmoid(logits.float()))
+        labels.append(batch["label"][:, :tasks])
+    gathered = (gather_rows(torch.cat(t), ctx).cpu().double().numpy() for t in (labels, probs))
+    return tuple(gathered)  # type: ignore[return-value]
+
+
+def compute_metrics(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) -> dict[str, float]:
+    """AUC and logloss of probabilities [N, T] against labels [N, T]. ``auc`` / ``logloss`` are the means
+    over tasks; multi-task models also get ``<task>/auc`` and ``<task>/logloss``. A task whose labels are
+    all one class has AUC NaN."""
+    out: dict[str, float] = {}
+    for t, name in enumerate(tasks):
+        y, p = labels[:, t], probs[:, t]
+        both = 0 < y.sum() < len(y)
+        out[f"{name}/auc"] = float(roc_auc_score(y, p)) if both else math.nan
+        out[f"{name}/logloss"] = float(log_loss(y, p, labels=[0, 1]))
+    out["auc"] = float(np.mean([out[f"{t}/auc"] for t in tasks]))
+    out["logloss"] = float(np.mean([out[f"{t}/logloss"] for t in tasks]))
+    return out if len(tasks) > 1 else {"auc": out["auc"], "logloss": out["logloss"]}
+
+
+def evaluate(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False) -> tuple[dict[str, float], int]:
+    """-> (metrics of the whole split, number of rows scored)."""
+    labels, probs = predict(model, loader, ctx, amp)
+    return compute_metrics(labels, probs, model.tasks), len(labels)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints: atomic writes; RNG states so that a resumed run continues the same random streams.
+
+
+def capture_rng() -> dict[str, Any]:
+    state = np.random.get_state(legacy=False)
+    state["state"]["key"] = state["state"]["key"].tolist()  # plain types: loadable with weights_only=True
+    return {"python": random.getstate(), "numpy": state, "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    numpy_state = {**state["numpy"], "state": {**state["numpy"]["state"]}}
+    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temp file in the same dir, fsync, then os.replace: ``path`` is always whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}: pass a run dir of train.py (it holds last.pt and best.pt) "
+                         f"or a .pt file it wrote")
+    try:
+        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        raise UsageError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {e}); "
+                         f"it is not a checkpoint written by train.py") from None
+
+
+def weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run: config, store, model, and the training loop.
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint. ``step_in_epoch`` batches of ``epoch`` are done."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_auc: float = -math.inf
+    best_epoch: int = -1
+    best_step: int = -1
+    best_valid: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0
+    last_eval_step: int = -1
+    stop_reason: str = ""  # "", "epochs", "early_stopping" or "max_steps"
+
+
+def open_store(path: str) -> StoreReader:
+    try:
+        store = StoreReader(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--data: {e}") from None
+    empty = [s for s in SPLITS if store.num_rows(s) == 0]
+    if empty:
+        raise UsageError(f"--data {path}: split(s) {empty} are empty; preprocess again with a --split that "
+                         f"gives every split rows (preprocess.py)")
+    return store
+
+
+def check_store_matches(store: StoreReader, saved: dict[str, Any]) -> None:
+    if store.schema.to_dict() != saved["store"]["schema"]:
+        raise UsageError(f"--data {store.path} does not match the checkpoint's store {saved['store']['path']} "
+                         f"(different fields, vocab sizes or labels); pass --data {saved['store']['path']}")
+
+
+def default_run_dir(args: argparse.Namespace) -> Path:
+    return Path("checkpoints") / args.model / (args.run_name or time.strftime("%Y%m%d-%H%M%S"))
+
+
+def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """The full config of a run (checked): flags, model hyperparameters, run dir, store path and metadata."""
+    check_args(args)
+    store = open_store(args.data)
+    if args.resume:
+        saved = load_checkpoint(Path(args.resume) / "last.pt", mmap=True)["config"]
+        check_store_matches(store, saved)
+        if saved["world_size"] != world_size:
+            raise UsageError(f"--resume: the run was trained by {saved['world_size']} process(es), this command "
+                             f"starts {world_size}; pass the same --gpu_ids / --cpu_procs for an exact resume")
+        run_dir = Path(args.resume)
+    else:
+        run_dir = Path(args.model_save_dir) if args.model_save_dir else default_run_dir(args)
+        if (run_dir / "last.pt").exists():
+            raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                             f"or pick another --run_name / --model_save_dir")
+    meta = store.meta
+    return {"model": args.model, "model_hparams": hparams,
+            "train": {k: v for k, v in vars(args).items() if k != "model"},
+            "run_dir": str(run_dir), "world_size": world_size,
+            "store": {"path": str(args.data), "dataset": meta.get("dataset"), "schema": meta["schema"],
+                      "splits": meta["splits"], "options": meta.get("options", {})}}
+
+
+def build(config: dict[str, Any], store: StoreReader, device: torch.device) -> nn.Module:
+    try:
+        model = models.build_model(config["model"], store.schema, **config["model_hparams"])
+    except ValueError as e:
+        raise UsageError(f"--model {config['model']}: {e}") from None
+    return model.to(device)
+
+
+def hparam_value(v: Any) -> int | float | str | bool:
+    return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+
+class Trainer:
+    """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics."""
+
+    def __init__(self, config: dict[str, Any], ctx: Ctx) -> None:
+        self.config, self.ctx = config, ctx
+        self.args = argparse.Namespace(**config["train"])
+        self.run_dir = Path(config["run_dir"])
+        torch.manual_seed(self.args.seed)  # the same on every rank: identical init and random streams
+        np.random.seed(self.args.seed)
+        random.seed(self.args.seed)
+        self.store = open_store(config["store"]["path"])
+        self.model = build(config, self.store, ctx.device)
+        self.loss_fn = make_loss_fn(self.model, self.args, ctx.device)
+        self.optimizer = make_optimizer(self.model, self.args)
+        self.scheduler = make_scheduler(self.optimizer, self.args)
+        self.progress = Progress()
+        if self.args.resume:
+            self.restore(self.run_dir / "last.pt")
+        if ctx.world_size > 1:  # DDP; static_graph: models may leave parameters unused (e.g. the linear term)
+            self.ddp: nn.Module = DDP(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+                                      static_graph=True)
+        else:
+            self.ddp = self.model
+        loader = partial(make_loader, self.store, batch_size=self.args.batch_size, seed=self.args.seed,
+                         rank=ctx.rank, world_size=ctx.world_size, num_workers=self.args.num_workers,
+                         pin_memory=ctx.device.type == "cuda")
+        self.loaders = {"train": loader("train", train=True), "valid": loader("valid", train=False),
+                        "test": loader("test", train=False)}
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step if self.args.resume
+                                    else None) if ctx.master else None
+        self.window: list[float] = []
+        self.window_start = self.last_save = time.monotonic()
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.ctx.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        self.progress.stop_reason = self.stop_on_resume()
+        restore_rng(state["rng"])
+
+    def stop_on_resume(self) -> str:
+        """A finished run continues when --epochs or --max_steps grew; early stopping is final."""
+        p, args = self.progress, self.args
+        if p.stop_reason == "early_stopping":
+            return p.stop_reason
+        return "max_steps" if args.max_steps and p.global_step >= args.max_steps else ""
+
+    def save(self, name: str) -> None:
+        """Rank 0 writes ``name`` (last.pt: the full training state; best.pt: weights, config, progress).
+        Non-finite weights are never written: the previous file stays."""
+        if not self.ctx.master:
+            return
+        if not weights_finite(self.model):
+            raise NonFiniteLossError(f"the weights became NaN/inf by step {self.progress.global_step}; {name} was "
+                                     f"not overwritten. Lower --lr or raise --embed_l2")
+        state = {"model": self.model.state_dict(), "config": self.config, "progress": asdict(self.progress)}
+        if name == "last.pt":
+            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                         rng=capture_rng())
+            self.last_save = time.monotonic()
+        save_checkpoint(self.run_dir / name, state)
+
+    def checkpoint_due(self) -> bool:
+        every = self.args.ckpt_every and self.progress.global_step % self.args.ckpt_every == 0
+        return bool(every) or time.monotonic() - self.last_save >= 60 * self.args.ckpt_minutes
+
+    # -- logging --------------------------------------------------------------------------------------
+
+    def log(self, prefix: str, metrics: dict[str, float]) -> None:
+        if self.writer:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, self.progress.global_step)
+            self.writer.flush()
+        if self.ctx.master:
+            shown = "  ".join(f"{k} {v:.5f}" for k, v in metrics.items())
+            tqdm.write(f"step {self.progress.global_step} epoch {self.progress.epoch} {prefix}: {shown}")
+
+    def log_train(self) -> None:
+        now = time.monotonic()
+        if self.writer and self.window:
+            step = self.progress.global_step
+            rows = len(self.window) * self.args.batch_size * self.ctx.world_size
+            self.writer.add_scalar("train/loss", sum(self.window) / len(self.window), step)
+            self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
+            self.writer.add_scalar("train/samples_per_s", rows / max(now - self.window_start, 1e-9), step)
+        self.window, self.window_start = [], now
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train until the epochs, --max_steps or the patience run out; then score best.pt on test."""
+        if self.ctx.master:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
+        p = self.progress
+        while not p.stop_reason and p.epoch < self.args.epochs:
+            self.train_epoch()
+        p.stop_reason = p.stop_reason or "epochs"
+        if p.last_eval_step != p.global_step:
+            self.validate()
+        self.save("last.pt")
+        return self.test()
+
+    def train_epoch(self) -> None:
+        p, loader = self.progress, self.loaders["train"]
+        loader.set_epoch(p.epoch, skip_batches=p.step_in_epoch)
+        with torch.random.fork_rng(devices=[]):  # an iterator may draw seeds: keep the stream resumable
+            batches = iter(loader)
+        with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch}",
+                  disable=not self.ctx.master, leave=False, dynamic_ncols=True) as bar:
+            for batch in bar:
+                loss = train_step(self.ddp, to_device(batch, self.ctx.device), self.optimizer, self.loss_fn,
+                                  self.ctx, amp=self.args.amp, step=p.global_step + 1)
+                p.step_in_epoch += 1
+                p.global_step += 1
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                self.after_step(loss)
+                if p.stop_reason:
+                    return
+        p.epoch, p.step_in_epoch = p.epoch + 1, 0
+        if p.last_eval_step != p.global_step:
+            self.validate()
+        self.save("last.pt")
+
+    def after_step(self, loss: float) -> None:
+        p, args = self.progress, self.args
+        self.window.append(loss)
+        if p.global_step % args.log_every == 0:
+            self.log_train()
+        if args.eval_every and p.global_step % args.eval_every == 0:
+            self.validate()
+        if args.max_steps and p.global_step >= args.max_steps:
+            p.stop_reason = "max_steps"
+        if not p.stop_reason and self.ctx.master and self.checkpoint_due():
+            self.save("last.pt")
+
+    def validate(self) -> None:
+        """Evaluate on valid; update best.pt, the LR scheduler and the patience counter."""
+        p = self.progress
+        metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp)
+        p.last_eval_step = p.global_step
+        self.log("valid", metrics)
+        self.scheduler.step(metrics["auc"])
+        if metrics["auc"] > p.best_auc or p.best_step < 0:
+            p.best_auc, p.best_epoch, p.best_step, p.best_valid = metrics["auc"], p.epoch, p.global_step, metrics
+            p.bad_evals = 0
+            self.save("best.pt")
+        else:
+            p.bad_evals += 1
+            if p.bad_evals >= self.args.patience:
+                p.stop_reason = "early_stopping"
+
+    def test(self) -> dict[str, Any]:
+        """Score best.pt on the test split; rank 0 writes metrics.json and the TensorBoard hparams."""
+        if self.ctx.world_size > 1:
+            dist.barrier()  # rank 0 has written best.pt
+        self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt", self.ctx.device)["model"])
+        metrics, rows = evaluate(self.model, self.loaders["test"], self.ctx, self.args.amp)
+        p = self.progress
+        result = {"model": self.config["model"], "stop_reason": p.stop_reason, "epochs": p.epoch,
+                  "global_step": p.global_step, "best_epoch": p.best_epoch, "best_step": p.best_step,
+                  "valid": p.best_valid, "test": metrics, "test_rows": rows}
+        if self.writer:
+            self.log("test", metrics)
+            hparams = {"model": self.config["model"], **self.config["model_hparams"],
+                       **{k: vars(self.args)[k] for k in ("optimizer", "lr", "batch_size", "embed_l2",
+                                                             "weight_decay", "seed")}}
+            final = {"hparam/valid_auc": p.best_auc, "hparam/test_auc": metrics["auc"],
+                     "hparam/test_logloss": metrics["logloss"]}
+            self.writer.add_hparams({k: hparam_value(v) for k, v in hparams.items()}, final, run_name=".",
+                                    global_step=p.global_step)
+            self.writer.close()
+            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def run(rank: int, device: torch.device, config: dict[str, Any]) -> dict[str, Any]:
+    """Body of one process: join the group, train, leave."""
+    world = config["world_size"]
+    ctx = init_process(rank, world, device)
+    try:
+        return Trainer(config, ctx).fit()
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def spawned(index: int, devices: list[torch.device], config: dict[str, Any]) -> None:
+    """Entry of a process started by :func:`torch.multiprocessing.spawn`: known errors print one line."""
+    try:
+        run(index, devices[index], config)
+    except (UsageError, NonFiniteLossError) as e:
+        if index == 0:
+            print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
+
+
+def launch(config: dict[str, Any], devices: list[torch.device]) -> None:
+    """torchrun: this process is one rank. Else one process per device, spawned here when several."""
+    if torchrun_env():  # DDP launched by torchrun: it set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
+        run(int(os.environ["RANK"]), devices[int(os.environ["LOCAL_RANK"])], config)
+    elif len(devices) == 1:
+        run(0, devices[0], config)
+    else:  # DDP on this machine: one spawned process per device, rendezvous on a free local port
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(free_port())
+        mp.spawn(spawned, args=(devices, config), nprocs=len(devices), join=True)
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """--eval_only: score a checkpoint on the store's test split (one process: first --gpu_ids id or CPU)."""
+    path = checkpoint_path(args)
+    state = load_checkpoint(path)
+    store = open_store(args.data)
+    check_store_matches(store, state["config"])
+    gpus = parse_gpu_ids(args.gpu_ids)
+    device = torch.device("cuda", gpus[0]) if gpus else torch.device("cpu")
+    model = build(state["config"], store, device)
+    model.load_state_dict(state["model"])
+    loader = make_loader(store, "test", args.batch_size, train=False, num_workers=args.num_workers)
+    metrics, rows = evaluate(model, loader, Ctx(device=device), args.amp)
+    return {"checkpoint": str(path), "split": "test", "rows": rows, **metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, hparams = parse_args(argv)
+        if args.eval_only:
+            print(json.dumps(evaluate_checkpoint(args), indent=2))
+            return 0
+        devices = plan_devices(args)
+        world = int(os.environ["WORLD_SIZE"]) if torchrun_env() else len(devices)
+        launch(resolve_config(args, hparams, world), devices)
+    except UsageError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
+    except mp.ProcessExitedException as e:  # a spawned rank failed; rank 0 printed why
+        return e.exit_code or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
