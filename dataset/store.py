@@ -114,18 +114,23 @@ class StoreWriter:
             return
         self._pending[split].append((sparse, dense.reshape(n, -1), label.reshape(n, -1)))
         self._pending_rows[split] += n
-        while self._pending_rows[split] >= self.chunk_size:
-            self._flush(split, self.chunk_size)
+        if self._pending_rows[split] >= self.chunk_size:
+            self._write_full_chunks(split)
 
-    def _flush(self, split: str, n: int) -> None:
+    def _write_full_chunks(self, split: str, final: bool = False) -> None:
+        """Join the pending rows once, write every full chunk (and, if ``final``, the partial rest)."""
         parts = self._pending[split]
         sparse, dense, label = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        self._put(chunk_key(split, self._chunks[split]), encode_chunk(sparse[:n], dense[:n], label[:n]))
-        self._chunks[split] += 1
-        self._rows[split] += n
-        rest = len(sparse) - n
-        self._pending[split] = [(sparse[n:], dense[n:], label[n:])] if rest else []
-        self._pending_rows[split] = rest
+        total, start = len(sparse), 0
+        while total - start >= self.chunk_size or (final and start < total):
+            end = min(start + self.chunk_size, total)
+            self._put(chunk_key(split, self._chunks[split]), encode_chunk(sparse[start:end], dense[start:end],
+                                                                          label[start:end]))
+            self._chunks[split] += 1
+            self._rows[split] += end - start
+            start = end
+        self._pending[split] = [(sparse[start:], dense[start:], label[start:])] if start < total else []
+        self._pending_rows[split] = total - start
 
     def _put(self, key: bytes, value: bytes) -> None:
         self._txn.put(key, value)
@@ -138,7 +143,7 @@ class StoreWriter:
         """Flush partial chunks, write the metadata record last, and move the store into place."""
         for split in SPLITS:
             if self._pending_rows[split]:
-                self._flush(split, self._pending_rows[split])
+                self._write_full_chunks(split, final=True)
         self.meta.update(
             schema=self.schema.to_dict(),
             chunk_size=self.chunk_size,
