@@ -14,6 +14,7 @@ import sys
 
 SUBCOMMANDS = {
     "criteo": "dataset.criteo",
+    "criteo_cvr": "dataset.criteo_cvr",
     "census": "dataset.census",
     "aliexpress": "dataset.aliexpress",
     "aliccp": "dataset.aliccp",
