@@ -37,22 +37,25 @@ def model_hparams(cls: type) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k not in ("self", "schema") and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
+DENSE_INITS = {"xavier_normal": nn.init.xavier_normal_, "xavier_uniform": nn.init.xavier_uniform_,
+               "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, a=5 ** 0.5)}  # the last is torch's default
+
+
 def init_dense_weights(model: nn.Module, init: str = "xavier_normal") -> None:
     """Glorot/Xavier init (or ``init``) for every Linear/Conv1d weight, zeros for their biases, and the same
     for layers that hold stacks of linear maps and say so with an ``init_dense(fn)`` method (the batched
     experts). Embeddings keep their own init; formula-specific parameters (cross and bilinear kernels)
     are Xavier-normal initialized by their layers."""
-    fns = {"xavier_normal": nn.init.xavier_normal_, "xavier_uniform": nn.init.xavier_uniform_,
-           "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, a=5 ** 0.5)}
-    if init not in fns:
-        raise ValueError(f"unknown init {init!r}; choose one of {sorted(fns)}")
+    if init not in DENSE_INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {sorted(DENSE_INITS)}")
+    fn = DENSE_INITS[init]
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d)):
-            fns[init](m.weight)
+            fn(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif hasattr(m, "init_dense"):
-            m.init_dense(fns[init])
+            m.init_dense(fn)
 
 
 def build_model(name: str, schema: Schema, dense_init: str = "xavier_normal", **hparams: Any) -> nn.Module:

@@ -122,3 +122,13 @@ def test_fifty_steps_lower_the_loss_on_real_rows(name, request):
         opt.step()
     after = mean_loss(model, rows)
     assert after < before - 0.01, f"{name}: training loss {before:.4f} -> {after:.4f}"
+
+
+def test_dense_init_is_selectable_and_reaches_batched_experts(mt_schema):
+    torch.manual_seed(0)
+    model = models.build_model("MMoE", mt_schema, dense_init="kaiming_uniform", num_experts=4, expert_units=(512,))
+    experts = next(m for m in model.modules() if hasattr(m, "init_dense"))
+    bound = (1 / experts.weight.shape[2]) ** 0.5  # kaiming_uniform(a=sqrt(5)) on each [in, out] W_i: U(+-1/sqrt(out))
+    assert experts.weight.abs().max() <= bound and experts.weight.abs().max() > 0.9 * bound
+    with pytest.raises(ValueError, match="unknown init"):
+        models.build_model("DeepFM", mt_schema, dense_init="orthogonal")
