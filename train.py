@@ -51,6 +51,7 @@ import models
 from dataset.loader import CTRLoader, make_loader
 from dataset.store import SPLITS, StoreReader
 from layers.embedding import FeatureEmbedding
+from scripts.presets import get_preset, to_argv
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
@@ -89,6 +90,9 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     run.add_argument("--eval_only", default=None, metavar="CKPT_OR_RUN_DIR",
                      help="score a checkpoint (a run dir means its best.pt) on the test split and exit")
     run.add_argument("--seed", type=int, default=2018)
+    run.add_argument("--preset", default=None, metavar="NAME",
+                     help="start from a BARS preset's flags (scripts/presets.py), e.g. DeepFM_criteo_x4_001; "
+                          "flags given on the command line win")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=10)
     opt.add_argument("--batch_size", type=int, default=4096, help="rows per step and process")
@@ -96,6 +100,8 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     opt.add_argument("--lr", type=float, default=1e-3)
     opt.add_argument("--weight_decay", type=float, default=0.0,
                      help="on weight matrices only (not biases, norm parameters or embedding tables)")
+    opt.add_argument("--dense_init", choices=sorted(models.registry.DENSE_INITS), default="xavier_normal",
+                     help="init of Linear/Conv1d/expert weights (embeddings: the model's --embed_init_std)")
     opt.add_argument("--embed_l2", type=float, default=0.0,
                      help="adds embed_l2 * (squared norm of the embedding rows in the batch) to the loss")
     opt.add_argument("--loss", choices=["bce"], default="bce")
@@ -187,10 +193,29 @@ def checkpoint_path(first: argparse.Namespace) -> Path | None:
     return None
 
 
+def with_preset(argv: list[str]) -> list[str]:
+    """``--preset NAME``: the preset's flags are put before ``argv``, so that a flag given in ``argv`` wins
+    (argparse keeps the last value of a flag)."""
+    given, _ = base_parser(add_help=False).parse_known_args(argv)
+    if given.preset is None:
+        return argv
+    if given.resume or given.eval_only:
+        raise UsageError("--preset starts a new run; drop it when passing --resume or --eval_only")
+    try:
+        preset = get_preset(given.preset)
+    except ValueError as e:
+        raise UsageError(f"--preset: {e}") from None
+    model_given = any(a == "--model" or a.startswith("--model=") for a in argv)
+    if model_given and given.model.lower() != preset.model.lower():
+        raise UsageError(f"--preset {preset.name} is a {preset.model} configuration but --model is {given.model}; "
+                         f"drop --model or pick a {given.model} preset")
+    return [*to_argv(preset.flags), *argv]
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
     """-> (training flags, model hyperparameters). With --resume or --eval_only the checkpoint's saved
     config fills every flag the command line does not give."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = with_preset(sys.argv[1:] if argv is None else list(argv))
     first, _ = base_parser(add_help=False).parse_known_args(argv)
     ckpt = checkpoint_path(first)
     saved = load_checkpoint(ckpt, mmap=True)["config"] if ckpt else None
@@ -586,7 +611,8 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
 
 def build(config: dict[str, Any], store: StoreReader, device: torch.device) -> nn.Module:
     try:
-        model = models.build_model(config["model"], store.schema, **config["model_hparams"])
+        model = models.build_model(config["model"], store.schema, dense_init=config["train"]["dense_init"],
+                                   **config["model_hparams"])
     except ValueError as e:
         raise UsageError(f"--model {config['model']}: {e}") from None
     return model.to(device)

@@ -18,7 +18,9 @@ class DeepFM(CTRModel):
 
         y = y_FM + y_DNN,   y_FM = <w, x> + sum_{i<j} <V_i, V_j> x_i x_j,   y_DNN = MLP(concat(e_1..e_F))
 
-    Defaults follow the BARS Criteo_x4_001 DeepFM config (hidden 400-400-400, ReLU, no dropout, no BN).
+    Defaults: the paper's Criteo network (hidden 400-400-400, ReLU), without its dropout 0.5 (set --dropout).
+    The BARS Criteo_x4_001 configuration (1000 x 5, dropout 0.2, embedding L2) is the preset
+    DeepFM_criteo_x4_001 in scripts/presets.py.
 
     Shapes: embeddings [B, F, D]; FM [B, 1]; DNN input [B, F*D (+ dense)]; output logits [B, 1].
     """

@@ -1,0 +1,152 @@
+"""Data-pipeline benchmark: our preprocessing and loader against pytorch-fm's, on the same synthetic data.
+
+    python scripts/bench_data.py --rows 1000000 [--json bench_data.json] [--workdir DIR]
+
+One run does, on this machine:
+
+1. write ``--rows`` rows of synthetic raw Criteo (dataset/synthetic.py);
+2. preprocessing, rows/s: ours (``dataset.criteo.preprocess_criteo``: vocabulary, split, shuffle, chunked
+   store) on all rows, against pytorch-fm's cache build (scripts/baselines_pytorchfm.py: two pure-Python
+   passes, one LMDB key per row) on the first ``--baseline-rows`` rows only, to bound its time; its rate is
+   taken as the rate of the whole file (its per-row cost does not depend on the file size);
+3. loading, samples/s through a DataLoader with ``--workers`` workers at ``--batch-size``: ours
+   (``make_loader(train=True)``, full epochs of the train split after one warm-up epoch) against
+   pytorch-fm's per-row Dataset (one LMDB ``get`` per row, default collate, shuffled) over a per-row cache
+   of the same train rows, timed over ``--baseline-batches`` batches after ``WARMUP_BATCHES``. Worker
+   start-up is excluded on both sides.
+
+Prints a Markdown table (both sides and the ratios) and writes the numbers as JSON with ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from baselines_pytorchfm import CriteoRowDataset, build_cache, write_row_cache  # noqa: E402
+from dataset.criteo import preprocess_criteo  # noqa: E402
+from dataset.loader import make_loader  # noqa: E402
+from dataset.store import StoreReader  # noqa: E402
+from dataset.synthetic import write_synthetic_criteo  # noqa: E402
+
+WARMUP_BATCHES = 4
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000, help="synthetic raw rows to generate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers, both sides")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs of our loader (after one warm-up)")
+    p.add_argument("--baseline-rows", type=int, default=100_000, help="rows of pytorch-fm's timed cache build")
+    p.add_argument("--baseline-batches", type=int, default=40, help="timed batches of pytorch-fm's loader")
+    p.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temp dir)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    for flag in ("rows", "batch_size", "epochs", "baseline_rows", "baseline_batches"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    return args
+
+
+def timed(fn, *args, **kwargs) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def bench_preprocessing(raw: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
+    store = work / "store"
+    with contextlib.redirect_stdout(sys.stderr):  # its summary; stdout keeps only the table
+        _, ours_s = timed(preprocess_criteo, raw, store, overwrite=True, progress=False)
+    shutil.rmtree(work / "pytorchfm_cache", ignore_errors=True)  # as pytorch-fm does on a rebuild
+    base_rows, base_s = timed(build_cache, raw, work / "pytorchfm_cache", max_rows=args.baseline_rows)
+    return {"ours_rows": args.rows, "ours_seconds": ours_s, "ours_rows_per_s": args.rows / ours_s,
+            "pytorchfm_rows": base_rows, "pytorchfm_seconds": base_s, "pytorchfm_rows_per_s": base_rows / base_s}
+
+
+def bench_our_loader(store: Path, args: argparse.Namespace) -> dict[str, float]:
+    loader = make_loader(store, "train", args.batch_size, train=True, num_workers=args.workers)
+    rows, seconds = 0, 0.0
+    for epoch in range(args.epochs + 1):
+        loader.set_epoch(epoch)
+        start = time.perf_counter()
+        n = sum(len(batch["label"]) for batch in loader)
+        if epoch:  # epoch 0 warms up: worker start, page cache
+            rows, seconds = rows + n, seconds + time.perf_counter() - start
+    return {"ours_rows": rows, "ours_seconds": seconds, "ours_samples_per_s": rows / seconds}
+
+
+def bench_pytorchfm_loader(store: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
+    reader = StoreReader(store)
+    blocks = (reader.read_chunk("train", i) for i in range(reader.num_chunks("train")))
+    shutil.rmtree(work / "pytorchfm_rows", ignore_errors=True)
+    write_row_cache(work / "pytorchfm_rows", ((s, y[:, 0]) for s, _, y in blocks), reader.schema.vocab_sizes)
+    loader = DataLoader(CriteoRowDataset(work / "pytorchfm_rows"), batch_size=args.batch_size, shuffle=True,
+                        num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
+    batches = iter(loader)
+    for _ in islice(batches, WARMUP_BATCHES):
+        pass
+    start = time.perf_counter()
+    rows = sum(len(y) for _, y in islice(batches, args.baseline_batches))
+    seconds = time.perf_counter() - start
+    return {"pytorchfm_rows": rows, "pytorchfm_seconds": seconds, "pytorchfm_samples_per_s": rows / seconds}
+
+
+def table(results: dict) -> str:
+    pre, load = results["preprocessing"], results["loader"]
+    lines = [
+        "| stage | ours | pytorch-fm (re-implemented) | ours / pytorch-fm |",
+        "|---|---:|---:|---:|",
+        f"| preprocessing, rows/s | {pre['ours_rows_per_s']:,.0f} ({pre['ours_rows']:,} rows) | "
+        f"{pre['pytorchfm_rows_per_s']:,.0f} (first {pre['pytorchfm_rows']:,} rows) | {pre['speedup']:.1f}x |",
+        f"| loader, samples/s ({results['workers']} workers, batch {results['batch_size']}) | "
+        f"{load['ours_samples_per_s']:,.0f} ({load['ours_rows']:,} rows) | "
+        f"{load['pytorchfm_samples_per_s']:,.0f} ({load['pytorchfm_rows']:,} rows) | {load['speedup']:.1f}x |",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    raw, gen_s = timed(write_synthetic_criteo, work / "criteo_synthetic.txt", args.rows, args.seed)
+    print(f"generated {args.rows:,} rows in {gen_s:.1f}s", file=sys.stderr)
+    pre = bench_preprocessing(raw, work, args)
+    pre["speedup"] = pre["ours_rows_per_s"] / pre["pytorchfm_rows_per_s"]
+    load = {**bench_our_loader(work / "store", args), **bench_pytorchfm_loader(work / "store", work, args)}
+    load["speedup"] = load["ours_samples_per_s"] / load["pytorchfm_samples_per_s"]
+    return {"rows": args.rows, "batch_size": args.batch_size, "workers": args.workers, "cpus": os.cpu_count(),
+            "load_average_1min": os.getloadavg()[0], "preprocessing": pre, "loader": load}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+            results = run(args, Path(tmp))
+    else:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        results = run(args, args.workdir)
+    print(table(results))
+    print(f"\n{results['cpus']} CPUs, 1-min load average at the end {results['load_average_1min']:.1f}; "
+          f"pytorch-fm's rates are measured on a bounded part (see the row counts) and extrapolated.")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
