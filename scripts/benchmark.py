@@ -55,7 +55,7 @@ import torch  # noqa: E402
 import models  # noqa: E402
 import preprocess  # noqa: E402
 import train  # noqa: E402
-from bench_data import bench_our_loader, bench_preprocessing, timed  # noqa: E402
+from bench_data import bench_our_loader, bench_preprocessing, in_fresh_process, timed  # noqa: E402
 from dataset.loader import make_loader  # noqa: E402
 from dataset.store import StoreReader  # noqa: E402
 from dataset.synthetic import write_synthetic_criteo  # noqa: E402
@@ -217,12 +217,6 @@ def peak_rss_mib() -> float:
 def idle_rss() -> float:
     """[runs in a fresh process] Peak RSS (MiB) of a process that imported torch and the repo, nothing more."""
     return peak_rss_mib()
-
-
-def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a newly spawned interpreter (nothing inherited: its peak RSS is its own)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def bench_training(store: Path, names: Sequence[str], devices: Sequence[str], batch_size: int, warmup: int,
