@@ -811,7 +811,12 @@ def run(rank: int, device: torch.device, config: dict[str, Any]) -> dict[str, An
     world = config["world_size"]
     ctx = init_process(rank, world, device)
     try:
-        return Trainer(config, ctx).fit()
+        trainer = Trainer(config, ctx)
+        result = trainer.fit()
+        del trainer  # DDP's reducer holds the group: release it, and leave together, before the group goes away
+        if world > 1:
+            dist.barrier()
+        return result
     finally:
         if world > 1:
             dist.destroy_process_group()

@@ -210,6 +210,8 @@ def ddp_worker(rank: int, port: int, schema: Schema, out: str) -> None:
     gathered = train.gather_rows(rows, ctx)
     if rank == 0:
         torch.save({"state": model.state_dict(), "losses": losses, "gathered": gathered}, out)
+    del ddp  # its reducer holds the group: release it, and leave together, before the group goes away
+    dist.barrier()
     dist.destroy_process_group()
 
 
