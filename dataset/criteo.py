@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import gzip
 import json
 import math
 import os
@@ -57,12 +56,13 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from dataset.raw import InputError, is_gzip, open_raw
 from dataset.schema import Schema
 from dataset.split import SPLITS, SplitAssigner, parse_split
 from dataset.store import StoreExistsError, StoreWriter
@@ -108,10 +108,6 @@ _HI_NIBBLES = np.uint64(0xF0F0F0F0F0F0F0F0)
 _ONES = 0x0101010101010101
 
 
-class CriteoInputError(ValueError):
-    """Bad raw input or flags; the message names the file (and line) and the fix."""
-
-
 # ------------------------------------------------------------------------------------------- reading
 
 
@@ -133,16 +129,6 @@ class TextBlock:
         return cls(buf, len(text), at_eof)
 
 
-def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
-    """-> (decoded stream, raw file whose ``tell()`` measures progress). gzip is detected by magic bytes."""
-    raw = open(path, "rb")
-    if raw.read(2) == b"\x1f\x8b":
-        raw.seek(0)
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
-    raw.seek(0)
-    return raw, raw
-
-
 def _last_newline(a: np.ndarray, lo: int, hi: int) -> int:
     """Index just past the last ``\\n`` in ``a[lo:hi]``, or ``lo`` if there is none (searched from the end)."""
     window = 1 << 12
@@ -157,9 +143,9 @@ def _last_newline(a: np.ndarray, lo: int, hi: int) -> int:
 
 def read_blocks(path: Path, block_bytes: int) -> Iterator[TextBlock]:
     """Yield the file's lines in blocks of about ``block_bytes``, each block in a buffer of its own."""
-    stream, raw = _open(path)
+    stream, raw = open_raw(path)
     tail = np.zeros(0, dtype=np.uint8)  # an unfinished line, carried into the next block
-    with stream, raw:
+    with stream:
         while True:
             buf = np.empty(len(tail) + block_bytes + 2 * _PAD, dtype=np.uint8)
             buf[:_PAD] = 0
@@ -466,9 +452,7 @@ class _Scan:
 
 def _n_buckets(path: Path) -> int:
     """Buckets for about BUCKET_BYTES of records each, from the input size (gzip assumed 4x compressed)."""
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    est_rows = path.stat().st_size * (4 if gz else 1) / 200  # a Criteo row is about 240 bytes of text
+    est_rows = path.stat().st_size * (4 if is_gzip(path) else 1) / 200  # a Criteo row is about 240 bytes of text
     return int(min(MAX_BUCKETS, max(1, math.ceil(est_rows * RECORD.itemsize / BUCKET_BYTES))))
 
 
@@ -534,12 +518,12 @@ class _Buckets:
         return self.directory / f"{k:04d}.bin"
 
 
-def _bad_row_error(path: Path, kind: str, line: int) -> CriteoInputError:
-    stream, raw = _open(path)
-    with stream, raw:
+def _bad_row_error(path: Path, kind: str, line: int) -> InputError:
+    stream, _ = open_raw(path)
+    with stream:
         text = next(t for i, t in enumerate(stream, start=1) if i == line)
     shown = text[:120].decode("latin-1").rstrip("\r\n")
-    return CriteoInputError(
+    return InputError(
         f"{path}:{line}: {BAD_ROW_KINDS[kind]}: {shown!r}; fix or delete that line, "
         f"or drop --strict to skip bad rows"
     )
@@ -652,19 +636,19 @@ def _check_options(path: Path, min_count: int, dense: str, split: tuple[float, f
                    chunk_size: int) -> tuple[float, float, float]:
     """Validate inputs and flags; -> normalized split ratios."""
     if not path.is_file():
-        raise CriteoInputError(missing_input_message(path))
+        raise InputError(missing_input_message(path))
     if path.stat().st_size == 0:
-        raise CriteoInputError(f"input {path} is empty; pass a raw Criteo file with --input")
+        raise InputError(f"input {path} is empty; pass a raw Criteo file with --input")
     if dense not in DENSE_MODES:
-        raise CriteoInputError(f"--dense must be one of {DENSE_MODES}, got {dense!r}")
+        raise InputError(f"--dense must be one of {DENSE_MODES}, got {dense!r}")
     if min_count < 1:
-        raise CriteoInputError(f"--min-count must be >= 1, got {min_count}")
+        raise InputError(f"--min-count must be >= 1, got {min_count}")
     if chunk_size < 1:
-        raise CriteoInputError(f"--chunk-size must be >= 1, got {chunk_size}")
+        raise InputError(f"--chunk-size must be >= 1, got {chunk_size}")
     try:
         return parse_split(",".join(str(r) for r in split))
     except ValueError as e:
-        raise CriteoInputError(str(e)) from None
+        raise InputError(str(e)) from None
 
 
 def _schema(encoders: list[FieldEncoder], dense: str) -> Schema:
@@ -722,7 +706,7 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
     """Raw Criteo TSV (plain or gzip) -> LMDB store at ``out_path`` (see the module docstring).
 
     Returns the store's metadata record (schema, rows per split, ``options``, ``stats`` with skipped rows).
-    Raises :class:`CriteoInputError` on a missing or empty input, bad flags, no valid row, or (``strict``) the
+    Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, or (``strict``) the
     first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` exists and not ``overwrite``.
     """
     start = time.perf_counter()
@@ -739,7 +723,7 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
     try:
         scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool)
         if not sum(scan.split_rows):
-            raise CriteoInputError(
+            raise InputError(
                 f"{path}: none of its {scan.lines:,} lines is a valid Criteo row: "
                 f"{_bad_summary(scan.bad_counts, scan.bad_lines)}; pass the raw labelled train.txt"
             )
@@ -787,15 +771,15 @@ def main(args: argparse.Namespace) -> int:
         try:
             ratios = parse_split(args.split)
         except ValueError as e:
-            raise CriteoInputError(str(e)) from None
+            raise InputError(str(e)) from None
         if args.synthetic is not None and args.input is not None:
-            raise CriteoInputError("pass either --input or --synthetic N, not both")
+            raise InputError("pass either --input or --synthetic N, not both")
         if args.synthetic is not None and args.synthetic < 1:
-            raise CriteoInputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
+            raise InputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
         path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
         preprocess_criteo(path, args.out, min_count=args.min_count, dense=args.dense, split=ratios, seed=args.seed,
                           chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict)
-    except (CriteoInputError, StoreExistsError) as e:
+    except (InputError, StoreExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import gzip
 import io
 import os
 import sys
@@ -30,6 +29,7 @@ from typing import Any, Callable, Sequence, TextIO
 import numpy as np
 import pandas as pd
 
+from dataset.raw import InputError, open_raw
 from dataset.schema import Schema
 from dataset.split import SPLITS, SplitAssigner, parse_split
 from dataset.store import StoreExistsError, StoreWriter
@@ -40,22 +40,12 @@ NEGATIVE, POSITIVE = ("0", "0.0"), ("1", "1.0")  # label spellings accepted in r
 BINARY = NEGATIVE + POSITIVE
 
 
-class InputError(ValueError):
-    """Bad raw input or flags; the message names the file (and line) and the fix."""
-
-
 # ----------------------------------------------------------------------------------------------- reading
 
 
 def open_text(path: str | os.PathLike) -> TextIO:
-    """Open a plain or gzip text file (gzip is detected from its magic bytes, whatever the suffix)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"input file {path} does not exist; check --input")
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    raw = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="latin-1", newline="")
+    """Open a plain or gzip text file (:func:`dataset.raw.open_raw`) as latin-1 text."""
+    return io.TextIOWrapper(open_raw(path)[0], encoding="latin-1", newline="")
 
 
 @dataclass

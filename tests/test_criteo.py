@@ -18,7 +18,8 @@ import pytest
 import preprocess
 from conftest import ROOT, SHARED_DATA
 from dataset import criteo
-from dataset.criteo import CriteoInputError, TextBlock, bucketize, parse_block, preprocess_criteo
+from dataset.criteo import TextBlock, bucketize, parse_block, preprocess_criteo
+from dataset.raw import InputError
 from dataset.split import SPLITS, SplitAssigner
 from dataset.store import StoreExistsError, StoreReader, StoreWriter
 from dataset.vocab import Vocabulary
@@ -280,17 +281,17 @@ def test_bad_rows_are_skipped_counted_and_located(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped 13 bad rows" in out and f"first at lines {', '.join(map(str, where['dense']))}" in out
 
-    with pytest.raises(CriteoInputError, match=rf"bad\.txt:{where['columns'][0]}: wrong number of columns"):
+    with pytest.raises(InputError, match=rf"bad\.txt:{where['columns'][0]}: wrong number of columns"):
         preprocess_criteo(tmp_path / "bad.txt", tmp_path / "strict", strict=True, progress=False)
     assert not (tmp_path / "strict").exists()
 
 
 def test_empty_and_unusable_inputs_are_errors(tmp_path):
-    with pytest.raises(CriteoInputError, match="is empty"):
+    with pytest.raises(InputError, match="is empty"):
         preprocess_criteo(write(tmp_path / "empty.txt", ""), tmp_path / "s", progress=False)
-    with pytest.raises(CriteoInputError, match="none of its 2 lines is a valid Criteo row"):
+    with pytest.raises(InputError, match="none of its 2 lines is a valid Criteo row"):
         preprocess_criteo(write(tmp_path / "junk.txt", "a\tb\nc\n"), tmp_path / "s", progress=False)
-    with pytest.raises(CriteoInputError, match="--split"):
+    with pytest.raises(InputError, match="--split"):
         preprocess_criteo(SHARED_DATA / "criteo" / "spread4k.txt", tmp_path / "s", split=(0, 1, 1), progress=False)
     assert not (tmp_path / "s").exists()
 
