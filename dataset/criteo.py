@@ -67,7 +67,7 @@ from dataset.schema import Schema
 from dataset.split import SPLITS, SplitAssigner, parse_split
 from dataset.store import StoreExistsError, StoreWriter
 from dataset.synthetic import write_synthetic_criteo
-from dataset.vocab import MISSING_ID, OOV_ID, Vocabulary, count_values
+from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
 T = TypeVar("T")
 LABEL = "click"
@@ -387,11 +387,7 @@ class FieldEncoder:
 
     def encode(self, codes: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """codes [n], missing bool [n] -> ids int64 [n]."""
-        ids = self.codes.get_indexer(codes)
-        ids += 2  # not kept: -1 + 2 = 1, fixed next
-        ids[ids == 1] = OOV_ID
-        ids[missing] = MISSING_ID
-        return ids
+        return ids_from_positions(self.codes.get_indexer(codes), missing)
 
     def __len__(self) -> int:
         return len(self.vocab)

@@ -33,7 +33,7 @@ from dataset.raw import InputError, open_raw
 from dataset.schema import Schema
 from dataset.split import SPLITS, SplitAssigner, parse_split
 from dataset.store import StoreExistsError, StoreWriter
-from dataset.vocab import MISSING_ID, Vocabulary, count_values
+from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
 DENSE_TRANSFORMS = ("numeric", "bucketize")
 NEGATIVE, POSITIVE = ("0", "0.0"), ("1", "1.0")  # label spellings accepted in raw files
@@ -245,8 +245,7 @@ def bucketize(values: np.ndarray, train: np.ndarray, num_buckets: int) -> tuple[
     fit = values[train & ~np.isnan(values)]
     quantiles = np.linspace(0.0, 1.0, num_buckets + 1)[1:-1]
     edges = np.unique(np.quantile(fit, quantiles)) if len(fit) else np.empty(0)
-    ids = 2 + np.searchsorted(edges, values, side="right")
-    ids[np.isnan(values)] = MISSING_ID
+    ids = ids_from_positions(np.searchsorted(edges, values, side="right"), np.isnan(values))
     return ids.astype(np.int32), len(edges) + 3, {"edges": [float(e) for e in edges]}
 
 

@@ -21,6 +21,18 @@ MISSING_ID = 1
 MISSING = ""  # how a missing cell is spelled in the raw data once read as strings
 
 
+def ids_from_positions(positions: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Positions in the sorted kept values (``-1``: not kept) and missing flags, both [n] -> ids [n], in place.
+
+    The one place that spells out the id layout: kept value ``i`` -> ``i + 2``, not kept -> OOV, missing ->
+    MISSING (missing wins)."""
+    ids = positions
+    ids += 2  # not kept: -1 + 2 = 1, fixed next
+    ids[ids == 1] = OOV_ID
+    ids[missing] = MISSING_ID
+    return ids
+
+
 class Vocabulary:
     """The kept values of one field. Build with :meth:`fit`; map with :meth:`encode`."""
 
@@ -42,10 +54,7 @@ class Vocabulary:
         """Strings (``""`` or NaN for missing) -> int32 ids [n]."""
         values = pd.Series(values, copy=False)
         missing = values.isna().to_numpy() | (values.to_numpy() == MISSING)
-        ids = self.index.get_indexer(values.astype(object)) + 2  # unseen -> -1 + 2 = 1, fixed below
-        ids[ids == 1] = OOV_ID
-        ids[missing] = MISSING_ID
-        return ids.astype(np.int32)
+        return ids_from_positions(self.index.get_indexer(values.astype(object)), missing).astype(np.int32)
 
     def values(self) -> list[str]:
         return list(self.index)
