@@ -738,17 +738,17 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
     return writer.meta
 
 
-def synthetic_input(n_rows: int, seed: int, raw_dir: Path = RAW_DIR) -> Path:
-    """``raw_dir/criteo_synthetic_<n_rows>.txt``, generated unless a file from the same rows and seed is there
-    (a ``.json`` sidecar records them)."""
-    path = raw_dir / f"criteo_synthetic_{n_rows}.txt"
+def synthetic_input(n_rows: int, seed: int, raw_dir: Path = RAW_DIR, conversion: bool = False) -> Path:
+    """``raw_dir/criteo[_cvr]_synthetic_<n_rows>.txt``, generated unless a file from the same rows, seed and
+    labels is there (a ``.json`` sidecar records them). ``conversion``: the click -> conversion variant."""
+    path = raw_dir / f"criteo{'_cvr' if conversion else ''}_synthetic_{n_rows}.txt"
     sidecar = path.with_suffix(".json")
-    recipe = {"rows": n_rows, "seed": seed}
+    recipe = {"rows": n_rows, "seed": seed, **({"conversion": True} if conversion else {})}
     if path.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == recipe:
         print(f"reusing {path} ({n_rows:,} synthetic rows, seed {seed})")
         return path
     started = time.perf_counter()
-    write_synthetic_criteo(path, n_rows, seed=seed)
+    write_synthetic_criteo(path, n_rows, seed=seed, conversion=conversion)
     sidecar.write_text(json.dumps(recipe))
     print(f"wrote {path} ({n_rows:,} synthetic rows, seed {seed}) in {time.perf_counter() - started:.1f} s")
     return path

@@ -20,14 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset.criteo import CAT_FIELDS, INT_FIELDS, bucketize
-from dataset.synthetic import write_synthetic_criteo
+from dataset.criteo import CAT_FIELDS, INT_FIELDS, bucketize, synthetic_input
 from dataset.tabular import (InputError, RawTable, checked_frame, cli_main, frame_arguments, open_text,
                              preprocess_frame, skipped_stats)
 
 LABELS = ("click", "conversion")
 COLUMNS = (*LABELS, *INT_FIELDS, *CAT_FIELDS)
-RAW_DIR = Path("data/raw")
 
 
 def read_rows(path: str | Path, strict: bool) -> pd.DataFrame:
@@ -74,8 +72,7 @@ def main(args: argparse.Namespace) -> None:
     if bool(args.input) == bool(args.synthetic):
         raise InputError("give exactly one of --input PATH or --synthetic N")
     if args.synthetic:
-        args.input = str(RAW_DIR / f"criteo_cvr_synthetic_{args.synthetic}_seed{args.seed}.txt")
-        write_synthetic_criteo(args.input, args.synthetic, seed=args.seed, conversion=True)
+        args.input = str(synthetic_input(args.synthetic, args.seed, conversion=True))
     df = read_rows(args.input, args.strict)
     kwargs = frame_arguments(args)
     kwargs.update(dense="numeric")  # no dense columns are left: I1..I13 are sparse buckets already

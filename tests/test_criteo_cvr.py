@@ -52,3 +52,14 @@ def test_bad_rows_are_counted_or_strict(tmp_path, capsys):
 def test_needs_exactly_one_source(tmp_path, capsys):
     assert preprocess.main(["criteo_cvr", "--out", str(tmp_path / "s")]) == 1
     assert "--synthetic" in capsys.readouterr().err
+
+
+def test_synthetic_rows_are_generated_once_then_reused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # data/raw/ is relative to the working directory
+    argv = ["criteo_cvr", "--synthetic", "2000", "--out", "store", "--min-count", "1", "--overwrite"]
+    assert preprocess.main(argv) == 0
+    assert "wrote data/raw/criteo_cvr_synthetic_2000.txt" in capsys.readouterr().out
+    first = StoreReader(tmp_path / "store").meta
+    assert preprocess.main(argv) == 0
+    assert "reusing data/raw/criteo_cvr_synthetic_2000.txt" in capsys.readouterr().out
+    assert StoreReader(tmp_path / "store").meta == first and first["schema"]["labels"] == ["click", "conversion"]
