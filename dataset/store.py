@@ -246,6 +246,17 @@ class StoreReader:
     def num_chunks(self, split: str) -> int:
         return int(self.meta["splits"][split]["chunks"])
 
+    def read_split(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row of ``split`` in stored order, loaded whole (for inspection, tests and small stores;
+        training reads chunk by chunk through dataset/loader.py) -> sparse int32 [n, F], dense float32
+        [n, D], label float32 [n, T]."""
+        chunks = [self.read_chunk(split, i) for i in range(self.num_chunks(split))]
+        if not chunks:
+            s = self.schema
+            return (np.zeros((0, s.num_sparse), np.int32), np.zeros((0, s.num_dense), np.float32),
+                    np.zeros((0, s.num_tasks), np.float32))
+        return tuple(np.concatenate([c[k] for c in chunks]) for k in range(3))  # type: ignore[return-value]
+
     def read_chunk(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> sparse int32 [n, F], dense float32 [n, D], label float32 [n, T] (copies, safe to keep)."""
         with _env(self.path).begin(buffers=True) as txn:

@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -42,10 +41,9 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the repo, and bench_data's own imports

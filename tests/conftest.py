@@ -1,7 +1,6 @@
 """Shared fixtures: a small hand-written schema and random batches in the DESIGN.md batch format."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

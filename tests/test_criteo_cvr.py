@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import preprocess
 from dataset.criteo import bucketize
@@ -11,7 +10,7 @@ from dataset.synthetic import write_synthetic_criteo
 
 
 def read_all(store: StoreReader) -> tuple[np.ndarray, np.ndarray]:
-    parts = [store.read_chunk(s, i) for s in ("train", "valid", "test") for i in range(store.num_chunks(s))]
+    parts = [store.read_split(s) for s in ("train", "valid", "test")]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[2] for p in parts])
 
 

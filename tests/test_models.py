@@ -5,7 +5,6 @@ census-income rows (income, never married), each preprocessed once per session i
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,8 +65,7 @@ def test_works_without_dense_fields(name):
 
 
 def load_split(store: StoreReader, split: str) -> dict[str, torch.Tensor]:
-    chunks = [store.read_chunk(split, i) for i in range(store.num_chunks(split))]
-    sparse, dense, label = (np.concatenate([c[k] for c in chunks]) for k in range(3))
+    sparse, dense, label = store.read_split(split)
     return {"sparse": torch.from_numpy(sparse).long(), "dense": torch.from_numpy(dense),
             "label": torch.from_numpy(label)}
 

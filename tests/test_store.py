@@ -21,11 +21,6 @@ def random_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return sparse, rng.random((n, 2), dtype=np.float32), rng.integers(0, 2, (n, 2)).astype(np.float32)
 
 
-def read_split(reader: StoreReader, split: str) -> tuple[np.ndarray, ...]:
-    chunks = [reader.read_chunk(split, i) for i in range(reader.num_chunks(split))]
-    return tuple(np.concatenate([c[k] for c in chunks]) for k in range(3))
-
-
 def test_round_trip_chunks_and_meta(tmp_path):
     rows = random_rows(1000)
     with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy", chunk_size=128) as w:
@@ -40,7 +35,7 @@ def test_round_trip_chunks_and_meta(tmp_path):
                                 "test": {"rows": 300, "chunks": 3}}
     assert r.meta["options"] == {"min_count": 1} and r.meta["chunk_size"] == 128
     for split, sl in (("train", slice(0, 700)), ("test", slice(700, 1000))):
-        for got, want in zip(read_split(r, split), rows):
+        for got, want in zip(r.read_split(split), rows):
             np.testing.assert_array_equal(got, want[sl])
     assert [len(r.read_chunk("train", i)[0]) for i in range(6)] == [128] * 5 + [60]
 
@@ -104,3 +99,11 @@ def test_meta_is_json(tmp_path):
         meta = json.loads(txn.get(META_KEY))
     env.close()
     assert meta["format_version"] == 1 and meta["dataset"] == "toy" and meta["schema"] == SCHEMA.to_dict()
+
+
+def test_read_split_of_an_empty_split_has_the_schema_widths(tmp_path):
+    with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy") as w:
+        w.add("train", *random_rows(5))
+    sparse, dense, label = StoreReader(tmp_path / "s").read_split("valid")
+    assert (sparse.shape, dense.shape, label.shape) == ((0, 3), (0, 2), (0, 2))
+    assert (sparse.dtype, dense.dtype, label.dtype) == (np.int32, np.float32, np.float32)

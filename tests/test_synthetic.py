@@ -81,8 +81,8 @@ def test_planted_signal_is_learnable_from_the_store(tmp_path):
     reader = StoreReader(tmp_path / "store")
 
     def split_rows(split: str) -> tuple[np.ndarray, np.ndarray]:
-        chunks = [reader.read_chunk(split, i) for i in range(reader.num_chunks(split))]
-        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[2] for c in chunks])[:, 0]
+        sparse, _, label = reader.read_split(split)
+        return sparse, label[:, 0]
 
     (x_train, y_train), (x_test, y_test) = split_rows("train"), split_rows("test")
     onehot = OneHotEncoder(handle_unknown="ignore").fit(x_train)

@@ -34,13 +34,8 @@ def run(module: types.ModuleType, argv: list[str], out: Path) -> int:
 
 
 def read_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All chunks of one split -> sparse int32 [n, F], dense float32 [n, D], label float32 [n, T]."""
-    reader = StoreReader(path)
-    chunks = [reader.read_chunk(split, i) for i in range(reader.num_chunks(split))]
-    f, d, t = reader.schema.num_sparse, reader.schema.num_dense, reader.schema.num_tasks
-    if not chunks:
-        return np.zeros((0, f), np.int32), np.zeros((0, d), np.float32), np.zeros((0, t), np.float32)
-    return tuple(np.concatenate([c[i] for c in chunks]) for i in range(3))  # type: ignore[return-value]
+    """All rows of one split of the store at ``path``."""
+    return StoreReader(path).read_split(split)
 
 
 def sorted_rows(sparse: np.ndarray, dense: np.ndarray, label: np.ndarray) -> np.ndarray:
