@@ -138,7 +138,9 @@ class _SlotRing:
         """Main side: copy a batch out of its slot and free the slot."""
         worker, item, slot, rows = token
         buf = torch.empty(rows * _row_bytes(schema), dtype=torch.uint8, pin_memory=pin_memory)
-        buf.copy_(self.buffers[worker, slot, :len(buf)])
+        # A numpy copy: one thread. Tensor.copy_ would split it over the intra-op OpenMP threads, whose
+        # spin-waiting after every batch takes the cores the workers need.
+        np.copyto(buf.numpy(), self.buffers[worker, slot, :len(buf)].numpy())
         self.consumed[worker] = item + 1
         return _batch_views(buf, rows, schema)
 
