@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,16 @@ def chunk_key(split: str, index: int) -> bytes:
     return f"{split}/{index:08d}".encode()
 
 
-def encode_chunk(sparse: np.ndarray, dense: np.ndarray, label: np.ndarray) -> bytes:
-    """Pack one chunk: int32 [n, F] + float32 [n, D] + float32 [n, T] -> bytes."""
-    return (
-        np.ascontiguousarray(sparse, dtype=np.int32).tobytes()
-        + np.ascontiguousarray(dense, dtype=np.float32).tobytes()
-        + np.ascontiguousarray(label, dtype=np.float32).tobytes()
-    )
+def encode_chunk(sparse: np.ndarray, dense: np.ndarray, label: np.ndarray) -> bytearray:
+    """Pack one chunk: int32 [n, F] + float32 [n, D] + float32 [n, T] -> one buffer, each block cast and
+    copied into place once (LMDB takes any bytes-like value)."""
+    blocks = [(np.int32, sparse), (np.float32, dense), (np.float32, label)]
+    out = bytearray(4 * sum(a.size for _, a in blocks))
+    offset = 0
+    for dtype, a in blocks:
+        np.frombuffer(out, dtype=dtype, count=a.size, offset=offset).reshape(a.shape)[...] = a
+        offset += 4 * a.size
+    return out
 
 
 def decode_chunk(buf: bytes | memoryview, schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,7 +99,10 @@ class StoreWriter:
         if self._tmp.exists():
             shutil.rmtree(self._tmp)
         self._tmp.parent.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(self._tmp), map_size=_MAP_SIZE, subdir=True, sync=False, metasync=False)
+        # writemap (Linux, where files are sparse): puts land straight in the file's pages instead of being
+        # copied at each commit; the file spans the whole map size until close() truncates it to the pages used.
+        self._env = lmdb.open(str(self._tmp), map_size=_MAP_SIZE, subdir=True, sync=False, metasync=False,
+                              writemap=sys.platform.startswith("linux"))
         self._txn = self._env.begin(write=True)
         self._pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in SPLITS}
         self._pending_rows = {s: 0 for s in SPLITS}
@@ -132,7 +139,7 @@ class StoreWriter:
         self._pending[split] = [(sparse[start:], dense[start:], label[start:])] if start < total else []
         self._pending_rows[split] = total - start
 
-    def _put(self, key: bytes, value: bytes) -> None:
+    def _put(self, key: bytes, value: bytes | bytearray) -> None:
         self._txn.put(key, value)
         self._puts += 1
         if self._puts % self.commit_every == 0:
@@ -152,7 +159,9 @@ class StoreWriter:
         self._txn.put(META_KEY, json.dumps(self.meta, sort_keys=True).encode())
         self._txn.commit()
         self._env.sync(True)
+        used = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
         self._env.close()
+        os.truncate(self._tmp / "data.mdb", used)
         if self.path.exists():  # only reachable with overwrite=True
             _evict(self.path)
             old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")

@@ -40,6 +40,18 @@ def test_round_trip_chunks_and_meta(tmp_path):
     assert [len(r.read_chunk("train", i)[0]) for i in range(6)] == [128] * 5 + [60]
 
 
+def test_data_file_holds_only_the_pages_in_use(tmp_path):
+    """The writer maps the file writably (it then spans the 1 TB map); close() cuts it back."""
+    rows = random_rows(20_000)
+    with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy", chunk_size=1000) as w:
+        w.add("train", *rows)
+    size = (tmp_path / "s" / "data.mdb").stat().st_size
+    payload = sum(a.nbytes for a in rows)  # int32 and float32, as stored
+    assert payload < size < payload * 1.2 + (1 << 20)
+    for got, want in zip(StoreReader(tmp_path / "s").read_split("train"), rows):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_readers_pickle_and_share_one_handle(tmp_path):
     with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy") as w:
         w.add("train", *random_rows(10))
