@@ -39,8 +39,8 @@ the hex) with memory bounded whatever the file size:
    appends the rows to the :class:`~dataset.store.StoreWriter`. A random bucket plus a random order inside
    it is a uniform shuffle of each split, done once at write time.
 
-Tokenizing (pass 1) and encoding (pass 2) run on ``WORKERS`` threads (numpy releases the GIL), their results
-consumed in order, so the output does not depend on timing.
+Tokenizing and counting (pass 1), loading the next bucket and encoding (pass 2) run on ``WORKERS`` threads
+(numpy releases the GIL), their results consumed in order, so the output does not depend on timing.
 """
 from __future__ import annotations
 
@@ -400,10 +400,12 @@ def _missing_bit(bits: np.ndarray, col: int) -> np.ndarray:
 
 @dataclass
 class _Counter:
-    """Train-split counts per sparse field, from codes buffered into large batches."""
+    """Train-split counts per sparse field, from codes buffered into large batches; a batch is counted on
+    ``pool``, whose threads share the fields."""
 
     columns: list[int]  # record columns of the sparse fields
     signed: list[bool]  # True: int32 bucket codes; False: uint32 hex codes
+    pool: ThreadPoolExecutor
     counts: list[Counts] = field(default_factory=list)
     _codes: list[np.ndarray] = field(default_factory=list)
     _missing: list[np.ndarray] = field(default_factory=list)
@@ -424,11 +426,18 @@ class _Counter:
     def flush(self) -> None:
         if not self._rows:
             return
-        codes, missing = np.concatenate(self._codes, axis=1), np.concatenate(self._missing, axis=1)
+        codes, missing = self._codes, np.concatenate(self._missing, axis=1)
         self._codes, self._missing, self._rows = [], [], 0
-        for j, (col, signed) in enumerate(zip(self.columns, self.signed)):
-            values = codes[col][~_missing_bit(missing, col)]
-            self.counts[j] = self.counts[j].merge(Counts.of(values.view(np.int32) if signed else values))
+        shares = [range(t, len(self.columns), WORKERS) for t in range(min(WORKERS, len(self.columns)))]
+        for future in [self.pool.submit(self._count, codes, missing, fields) for fields in shares]:
+            future.result()
+
+    def _count(self, codes: list[np.ndarray], missing: np.ndarray, fields: range) -> None:
+        """Count ``fields`` of the buffered blocks: codes [39, n_i] each, packed missing flags [5, sum n_i]."""
+        for j in fields:
+            col = self.columns[j]
+            values = np.concatenate([c[col] for c in codes])[~_missing_bit(missing, col)]
+            self.counts[j] = self.counts[j].merge(Counts.of(values.view(np.int32) if self.signed[j] else values))
 
 
 # ---------------------------------------------------------------------------------------------- passes
@@ -474,6 +483,7 @@ class _Buckets:
         self.directory = directory
         self.held: list[list[np.ndarray]] = [[] for _ in range(n)]
         self.held_bytes = 0
+        self.rows = [0] * n  # records added to each bucket
 
     def __len__(self) -> int:
         return len(self.held)
@@ -486,6 +496,7 @@ class _Buckets:
         for k in range(len(self)):
             if bounds[k + 1] > bounds[k]:
                 self.held[k].append(rec[bounds[k]:bounds[k + 1]])
+                self.rows[k] += int(bounds[k + 1] - bounds[k])
         self.held_bytes += rec.nbytes
         if self.held_bytes > SPILL_BYTES:
             self._spill()
@@ -531,13 +542,14 @@ def _parse_records(block: TextBlock, dense: str) -> tuple[np.ndarray, dict[str, 
     return _records(rows, dense), bad, n_lines, block.raw_pos
 
 
-def _in_order(pool: ThreadPoolExecutor, fn: Callable[..., T], items: Iterable[Any], *args: Any) -> Iterator[T]:
-    """``fn(item, *args)`` for each item, in order, computed by ``pool`` a few items ahead."""
+def _in_order(pool: ThreadPoolExecutor, fn: Callable[..., T], items: Iterable[Any], *args: Any,
+              ahead: int = AHEAD) -> Iterator[T]:
+    """``fn(item, *args)`` for each item, in order, computed by ``pool`` up to ``ahead`` items ahead."""
     pending: deque[Future[T]] = deque()
     try:
         for item in items:
             pending.append(pool.submit(fn, item, *args))
-            if len(pending) > AHEAD:
+            if len(pending) > ahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
@@ -550,7 +562,7 @@ def _pass1(path: Path, bucket_dir: Path, dense: str, ratios: tuple[float, float,
            strict: bool, progress: bool, pool: ThreadPoolExecutor) -> _Scan:
     """Tokenize, validate, assign splits, count train values, scatter records into bucket files."""
     sparse_cols = list(range(N_COLUMNS - 1)) if dense == "bucketize" else list(range(13, N_COLUMNS - 1))
-    counter = _Counter(sparse_cols, [c < 13 for c in sparse_cols])
+    counter = _Counter(sparse_cols, [c < 13 for c in sparse_cols], pool)
     assigner = SplitAssigner(ratios, seed)
     bucket_rng = np.random.default_rng([seed, 1])
     split_rows, lines = [0, 0, 0], 0
@@ -593,27 +605,39 @@ def _encode(rec: np.ndarray, encoders: list[FieldEncoder], columns: list[int], s
     return sparse, dense_values, rec["label"].astype(np.float32)[:, None]
 
 
+def _shuffled(item: tuple[_Buckets, int, np.ndarray]) -> np.ndarray:
+    """Bucket ``k``'s records (RECORD [m]) permuted by ``perm``, then grouped by split (stable)."""
+    buckets, k, perm = item
+    rec = buckets.take(k)
+    return np.take(rec, perm[np.argsort(rec["split"][perm], kind="stable")])
+
+
 def _pass2(scan: _Scan, encoders: list[FieldEncoder], writer: StoreWriter, dense: str,
            seed: int, progress: bool, pool: ThreadPoolExecutor) -> None:
-    """Load each bucket, permute it, map codes to ids and append its rows to their splits."""
+    """Load each bucket, permute it, map codes to ids and append its rows to their splits.
+
+    ``pool`` loads the next bucket while it encodes this one, so the threads do not wait between buckets."""
     perm_rng = np.random.default_rng([seed, 2])
+    loads = ((scan.buckets, k, perm_rng.permutation(n)) for k, n in enumerate(scan.buckets.rows))
+    step = writer.chunk_size * max(1, ENCODE_ROWS // writer.chunk_size)
     bar = tqdm(total=sum(scan.split_rows), unit="rows", desc="criteo pass 2/2: shuffle + encode + write",
                disable=not progress)
-    with bar:
-        for k in range(len(scan.buckets)):
-            rec = scan.buckets.take(k)
-            perm = perm_rng.permutation(len(rec))
-            rec = np.take(rec, perm[np.argsort(rec["split"][perm], kind="stable")])  # shuffled, grouped by split
+
+    def batches() -> Iterator[tuple[str, np.ndarray]]:
+        """Cache-sized batches of records that never straddle two splits, bucket after bucket."""
+        for rec in _in_order(pool, _shuffled, loads, ahead=1):
             bounds = np.searchsorted(rec["split"], np.arange(len(SPLITS) + 1))
-            # Encode in cache-sized batches that never straddle two splits.
-            step = writer.chunk_size * max(1, ENCODE_ROWS // writer.chunk_size)
-            batches = [(SPLITS[s], lo, min(lo + step, bounds[s + 1]))
-                       for s in range(len(SPLITS)) for lo in range(bounds[s], bounds[s + 1], step)]
-            encoded = _in_order(pool, _encode, (rec[lo:hi] for _, lo, hi in batches), encoders,
-                                scan.counter.columns, scan.counter.signed, dense)
-            for (name, _, _), parts in zip(batches, encoded):
-                writer.add(name, *parts)
+            for s, name in enumerate(SPLITS):
+                for lo in range(bounds[s], bounds[s + 1], step):
+                    yield name, rec[lo:min(lo + step, bounds[s + 1])]
             bar.update(len(rec))
+
+    def encode(batch: tuple[str, np.ndarray]) -> tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return batch[0], _encode(batch[1], encoders, scan.counter.columns, scan.counter.signed, dense)
+
+    with bar:
+        for name, parts in _in_order(pool, encode, batches()):
+            writer.add(name, *parts)
 
 
 # ------------------------------------------------------------------------------------------- entry points
