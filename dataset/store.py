@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +98,7 @@ class StoreWriter:
         if self._tmp.exists():
             shutil.rmtree(self._tmp)
         self._tmp.parent.mkdir(parents=True, exist_ok=True)
-        # writemap (Linux, where files are sparse): puts land straight in the file's pages instead of being
-        # copied at each commit; the file spans the whole map size until close() truncates it to the pages used.
-        self._env = lmdb.open(str(self._tmp), map_size=_MAP_SIZE, subdir=True, sync=False, metasync=False,
-                              writemap=sys.platform.startswith("linux"))
+        self._env = lmdb.open(str(self._tmp), map_size=_MAP_SIZE, subdir=True, sync=False, metasync=False)
         self._txn = self._env.begin(write=True)
         self._pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in SPLITS}
         self._pending_rows = {s: 0 for s in SPLITS}
@@ -159,9 +155,7 @@ class StoreWriter:
         self._txn.put(META_KEY, json.dumps(self.meta, sort_keys=True).encode())
         self._txn.commit()
         self._env.sync(True)
-        used = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
         self._env.close()
-        os.truncate(self._tmp / "data.mdb", used)
         if self.path.exists():  # only reachable with overwrite=True
             _evict(self.path)
             old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")

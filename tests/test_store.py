@@ -41,7 +41,7 @@ def test_round_trip_chunks_and_meta(tmp_path):
 
 
 def test_data_file_holds_only_the_pages_in_use(tmp_path):
-    """The writer maps the file writably (it then spans the 1 TB map); close() cuts it back."""
+    """The 1 TB map size is address space only: the file holds the stored pages and little more."""
     rows = random_rows(20_000)
     with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy", chunk_size=1000) as w:
         w.add("train", *rows)
