@@ -136,6 +136,9 @@ def bench_pytorchfm_loader(store: Path, work: Path, args: argparse.Namespace) ->
     start = time.perf_counter()
     rows = sum(len(y) for _, y in islice(batches, args.baseline_batches))
     seconds = time.perf_counter() - start
+    if not rows:
+        raise SystemExit(f"the train split has {len(loader)} batches of {args.batch_size}, all spent on the "
+                         f"{WARMUP_BATCHES} warm-up batches of pytorch-fm's loader: raise --rows or lower --batch-size")
     return {"pytorchfm_rows": rows, "pytorchfm_seconds": seconds, "pytorchfm_samples_per_s": rows / seconds}
 
 
