@@ -40,9 +40,9 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Only what preprocessing needs is imported here: a spawned process re-imports this module, and ours runs,
-# like `python preprocess.py`, without torch (importing it alone slows the numpy work down by about 10%).
-# pytorch-fm's side imports torch with its module, as pytorch-fm does.
+# Only what preprocessing needs is imported here: a spawned process re-imports this module, and ours runs as
+# `python preprocess.py` does, without torch in the process. pytorch-fm's side imports torch with its
+# module, as pytorch-fm does.
 from dataset.criteo import preprocess_criteo  # noqa: E402
 from dataset.synthetic import write_synthetic_criteo  # noqa: E402
 
