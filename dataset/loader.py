@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dataset.schema import Schema
 from dataset.store import StoreReader
 
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # sparse int32 [n, F], dense f32 [n, D], label f32 [n, T]
+Arrays = dict[str, np.ndarray]  # a chunk's blocks (Schema.blocks): sparse int32 [n, F], dense f32 [n, D], ...
 Block = tuple[Arrays, "np.ndarray | None", int]  # a group's rows, their order (None: as stored), first row
 Piece = tuple[Arrays, "np.ndarray | slice", int]  # rows of a block that go into a batch, and their count
 Batch = dict[str, torch.Tensor]
@@ -171,7 +171,8 @@ class ChunkDataset(IterableDataset):
         self.chunk_rows = _chunk_rows(reader, split)
         # (epoch, skip_batches, iteration number) of the current iteration, shared with persistent workers.
         self.state = torch.zeros(3, dtype=torch.int64).share_memory_()
-        self.ring = _SlotRing(num_workers, _RING_SLOTS, batch_size * _row_bytes(self.schema)) if num_workers else None
+        slot_bytes = -(-batch_size * _row_bytes(self.schema) // 8) * 8  # every slot starts 8-byte aligned
+        self.ring = _SlotRing(num_workers, _RING_SLOTS, slot_bytes) if num_workers else None
 
     def start(self, epoch: int, skip_batches: int) -> None:
         """Main process, before an iteration starts (that is, before workers call ``iter`` on their copy)."""
@@ -221,7 +222,7 @@ class ChunkDataset(IterableDataset):
                 offset -= n
                 continue
             parts = [self.reader.read_chunk(self.split, int(c)) for c in chunks]
-            arrays = parts[0] if len(parts) == 1 else tuple(np.concatenate(a) for a in zip(*parts))
+            arrays = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             order = np.random.default_rng([self.seed, epoch, self.rank, g]).permutation(n) if self.train else None
             yield arrays, order, offset  # type: ignore[misc]
             offset = 0
@@ -248,7 +249,7 @@ def _cut(blocks: Iterator[Block], batch_size: int) -> Iterator[list[Piece]]:
     pending: list[Piece] = []
     pending_rows = 0
     for arrays, order, pos in blocks:
-        n = len(arrays[0])
+        n = len(arrays["sparse"])
         while pos < n:
             m = min(batch_size - pending_rows, n - pos)
             pending.append((arrays, slice(pos, pos + m) if order is None else order[pos:pos + m], m))
@@ -262,26 +263,33 @@ def _cut(blocks: Iterator[Block], batch_size: int) -> Iterator[list[Piece]]:
 
 
 def _row_bytes(schema: Schema) -> int:
-    return 8 * schema.num_sparse + 4 * schema.num_dense + 4 * schema.num_tasks
+    return sum(b.width * b.batch_dtype.itemsize for b in schema.blocks() if b.name in schema.batch_keys())
 
 
 def _batch_views(buf: torch.Tensor, rows: int, schema: Schema) -> Batch:
-    """A batch as three views of one uint8 buffer: sparse int64 [rows, F], dense f32 [rows, D], label f32
-    [rows, T], back to back."""
-    f, d, t = schema.num_sparse, schema.num_dense, schema.num_tasks
-    ends = np.cumsum([0, 8 * rows * f, 4 * rows * d, 4 * rows * t])
-    layout = (("sparse", torch.int64, f), ("dense", torch.float32, d), ("label", torch.float32, t))
-    return {name: buf[ends[i]:ends[i + 1]].view(dtype).view(rows, width)
-            for i, (name, dtype, width) in enumerate(layout)}
+    """A batch as views of one uint8 buffer, one per key of :meth:`Schema.batch_keys`, back to back,
+    the int64 blocks first (sparse [rows, F], and seq [rows, L], seq_len [rows, S] when the store has
+    sequences), then the float32 ones (dense [rows, D], label [rows, T], seq_weight [rows, L_weighted])."""
+    batch, offset = {}, 0
+    keys = schema.batch_keys()
+    for b in sorted(schema.blocks(), key=lambda b: -b.batch_dtype.itemsize):  # int64 blocks first: aligned
+        if b.name in keys:
+            size = rows * b.width * b.batch_dtype.itemsize
+            batch[b.name] = buf[offset:offset + size].view(_TORCH[b.batch_dtype]).view(rows, b.width)
+            offset += size
+    return batch
+
+
+_TORCH = {np.dtype(np.int64): torch.int64, np.dtype(np.float32): torch.float32}
 
 
 def _fill(batch: Batch, pieces: list[Piece]) -> Batch:
-    """Gather the rows of ``pieces`` into ``batch`` (sparse int32 -> int64 on the way)."""
-    out = [batch[name].numpy() for name in ("sparse", "dense", "label")]
+    """Gather the rows of ``pieces`` into ``batch`` (ids int32 -> int64 on the way)."""
+    out = {k: t.numpy() for k, t in batch.items()}
     pos = 0
     for arrays, rows, m in pieces:
-        for o, a in zip(out, arrays):
-            o[pos:pos + m] = a[rows]
+        for k, o in out.items():
+            o[pos:pos + m] = arrays[k][rows]
         pos += m
     return batch
 

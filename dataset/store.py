@@ -4,14 +4,19 @@ Layout of an environment (a directory holding ``data.mdb``):
 
 * key ``__meta__``: a JSON record (see :func:`StoreWriter.close`)::
 
-      {"format_version": 1, "dataset": "criteo",
-       "schema": {"sparse_fields": [...], "vocab_sizes": [...], "dense_fields": [...], "labels": [...]},
+      {"format_version": 2, "dataset": "criteo",
+       "schema": {...Schema.to_dict(): fields, vocabularies, sequence fields, labels and task types...},
        "splits": {"train": {"rows": 800, "chunks": 1}, "valid": {...}, "test": {...}},
        "chunk_size": 8192, "options": {...preprocessing flags...}, "stats": {...}}
 
-* key ``<split>/<index:08d>``: one chunk of up to ``chunk_size`` rows, three contiguous C-order blocks
-  back to back: ``sparse`` int32 [n, F_sparse], ``dense`` float32 [n, F_dense], ``label`` float32 [n, T].
-  ``n`` follows from the value's length, so a chunk needs no header.
+* key ``<split>/<index:08d>``: one chunk of up to ``chunk_size`` rows: an 8-byte header (row count and the
+  crc32 of the rest), then the blocks of :meth:`Schema.blocks`, contiguous C-order arrays back to back:
+  ``sparse`` int32 [n, F], ``dense`` float32 [n, D], ``label`` float32 [n, T], and for stores with sequence
+  fields ``seq`` int32 [n, L_total], ``seq_len`` int32 [n, S], ``seq_weight`` float32 [n, L_weighted].
+  Format 1 chunks (still readable) had no header and no sequence blocks.
+
+Reading verifies each chunk where it is read: the checksum (crc32 runs at GB/s) and the ids against the
+vocabulary sizes, so a damaged file is an error naming the chunk, never zeros or an IndexError in a model.
 
 One ``get`` returns thousands of rows, which is what lets a loader reach millions of rows per second
 (one key per row caps it near 150k rows/s). The writer never shuffles: rows must arrive in the order
@@ -26,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -34,36 +40,71 @@ import numpy as np
 
 from dataset.schema import Schema
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1: no chunk header, no sequences, every label binary
 META_KEY = b"__meta__"
 SPLITS = ("train", "valid", "test")
 _MAP_SIZE = 1 << 40  # address space only: LMDB files are sparse and grow with the data
+HEADER = np.dtype([("rows", "<u4"), ("crc32", "<u4")])  # format 2: leads every chunk
+
+Chunk = dict[str, np.ndarray]  # block name (Schema.blocks) -> [n, width] array
 
 
 def chunk_key(split: str, index: int) -> bytes:
     return f"{split}/{index:08d}".encode()
 
 
-def encode_chunk(sparse: np.ndarray, dense: np.ndarray, label: np.ndarray) -> bytearray:
-    """Pack one chunk: int32 [n, F] + float32 [n, D] + float32 [n, T] -> one buffer, each block cast and
-    copied into place once (LMDB takes any bytes-like value)."""
-    blocks = [(np.int32, sparse), (np.float32, dense), (np.float32, label)]
-    out = bytearray(4 * sum(a.size for _, a in blocks))
-    offset = 0
-    for dtype, a in blocks:
-        np.frombuffer(out, dtype=dtype, count=a.size, offset=offset).reshape(a.shape)[...] = a
-        offset += 4 * a.size
+class StoreCorruptError(ValueError):
+    """A store's bytes do not match what its writer wrote (checksum, size or id range)."""
+
+
+def encode_chunk(arrays: Chunk, schema: Schema) -> bytearray:
+    """Pack one chunk: an 8-byte header (rows, crc32 of the rest), then every block of
+    :meth:`Schema.blocks` as a C-order ``[n, width]`` array of its store dtype, back to back. Each block is
+    cast and copied into place once (LMDB takes any bytes-like value)."""
+    blocks = schema.blocks()
+    n = len(arrays["sparse"])
+    out = bytearray(HEADER.itemsize + sum(n * b.width * b.store_dtype.itemsize for b in blocks))
+    offset = HEADER.itemsize
+    for b in blocks:
+        if b.width:
+            np.frombuffer(out, b.store_dtype, n * b.width, offset).reshape(n, b.width)[...] = arrays[b.name]
+            offset += n * b.width * b.store_dtype.itemsize
+    np.frombuffer(out, HEADER, 1)[0] = (n, zlib.crc32(memoryview(out)[HEADER.itemsize:]))
     return out
 
 
-def decode_chunk(buf: bytes | memoryview, schema: Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unpack one chunk without copying: -> sparse int32 [n, F], dense float32 [n, D], label float32 [n, T]."""
-    f, d, t = schema.num_sparse, schema.num_dense, schema.num_tasks
-    n = len(buf) // (4 * (f + d + t))
-    sparse = np.frombuffer(buf, dtype=np.int32, count=n * f).reshape(n, f)
-    dense = np.frombuffer(buf, dtype=np.float32, count=n * d, offset=4 * n * f).reshape(n, d)
-    label = np.frombuffer(buf, dtype=np.float32, count=n * t, offset=4 * n * (f + d)).reshape(n, t)
-    return sparse, dense, label
+def decode_chunk(buf: bytes | memoryview, schema: Schema, version: int = FORMAT_VERSION,
+                 verify: bool = True) -> Chunk:
+    """Unpack one chunk without copying -> block name -> ``[n, width]`` view of ``buf``. Format 2 checks the
+    row count and, with ``verify``, the crc32 (:class:`StoreCorruptError` on a mismatch)."""
+    blocks = schema.blocks()
+    row_bytes = sum(b.width * b.store_dtype.itemsize for b in blocks)
+    offset = HEADER.itemsize if version >= 2 else 0
+    n = (len(buf) - offset) // row_bytes
+    if version >= 2:
+        rows, crc = np.frombuffer(buf, HEADER, 1)[0] if len(buf) >= offset else (-1, 0)
+        if rows != n or len(buf) != offset + n * row_bytes:
+            raise StoreCorruptError(f"{len(buf)} bytes do not hold the {rows} rows its header says")
+        if verify and zlib.crc32(memoryview(buf)[offset:]) != crc:
+            raise StoreCorruptError("checksum mismatch")
+    out = {}
+    for b in blocks:
+        out[b.name] = np.frombuffer(buf, b.store_dtype, n * b.width, offset).reshape(n, b.width)
+        offset += n * b.width * b.store_dtype.itemsize
+    return out
+
+
+def check_ids(chunk: Chunk, schema: Schema) -> None:
+    """Every id inside its vocabulary and every sequence length inside ``0..max_len``, else
+    :class:`StoreCorruptError` (what a corrupt id would otherwise become: an IndexError in the embedding)."""
+    sparse_bound, seq_bound = schema.id_bounds()
+    lens = np.array([s.max_len for s in schema.sequence_fields], np.int64)
+    for name, bound, low in (("sparse", sparse_bound, 0), ("seq", seq_bound, 0), ("seq_len", lens + 1, 0)):
+        a = chunk[name]
+        if a.size and ((a.min(axis=0) < low).any() or (a.max(axis=0) >= bound).any()):
+            col = int(np.flatnonzero((a.min(axis=0) < low) | (a.max(axis=0) >= bound))[0])
+            raise StoreCorruptError(f"{name} column {col} holds a value outside 0..{bound[col] - 1}")
 
 
 class StoreExistsError(FileExistsError):
@@ -100,22 +141,39 @@ class StoreWriter:
         self._tmp.parent.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(str(self._tmp), map_size=_MAP_SIZE, subdir=True, sync=False, metasync=False)
         self._txn = self._env.begin(write=True)
-        self._pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {s: [] for s in SPLITS}
+        self._pending: dict[str, list[Chunk]] = {s: [] for s in SPLITS}
         self._pending_rows = {s: 0 for s in SPLITS}
         self._rows = {s: 0 for s in SPLITS}
         self._chunks = {s: 0 for s in SPLITS}
         self._puts = 0
 
-    def add(self, split: str, sparse: np.ndarray, dense: np.ndarray, label: np.ndarray) -> None:
-        """Append rows (sparse [n, F], dense [n, D], label [n, T]) to ``split``; full chunks are written."""
+    def add(self, split: str, sparse: np.ndarray, dense: np.ndarray, label: np.ndarray, *,
+            seq: np.ndarray | None = None, seq_len: np.ndarray | None = None,
+            seq_weight: np.ndarray | None = None) -> None:
+        """Append rows to ``split``: sparse [n, F], dense [n, D], label [n, T] and, for a schema with
+        sequence fields, seq [n, L_total] (every sequence field's ids side by side, left-aligned), seq_len
+        [n, S] and seq_weight [n, L_weighted] (weighted fields only). Full chunks are written. Sequence
+        positions at or after a row's length are stored as 0 whatever they held."""
         if split not in self._pending:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         n = len(sparse)
-        if not (len(dense) == len(label) == n):
-            raise ValueError(f"row counts differ: sparse {n}, dense {len(dense)}, label {len(label)}")
+        given = {"sparse": sparse, "dense": dense, "label": label, "seq": seq, "seq_len": seq_len,
+                 "seq_weight": seq_weight}
+        rows: Chunk = {}
+        for b in self.schema.blocks():
+            a = given[b.name]
+            if a is None and b.width:
+                raise ValueError(f"the schema has sequence fields: pass {b.name} [n, {b.width}]")
+            a = np.zeros((n, 0), b.store_dtype) if a is None else np.asarray(a)
+            if len(a) != n or a.size != n * b.width:
+                raise ValueError(f"{b.name} has shape {a.shape}, the schema needs ({n}, {b.width})")
+            rows[b.name] = a.reshape(n, b.width)
         if n == 0:
             return
-        self._pending[split].append((sparse, dense.reshape(n, -1), label.reshape(n, -1)))
+        if self.schema.num_sequences:
+            rows["seq"] = _zero_padding(rows["seq"], rows["seq_len"], self.schema)
+            _check_lengths(rows["seq_len"], self.schema)
+        self._pending[split].append(rows)
         self._pending_rows[split] += n
         if self._pending_rows[split] >= self.chunk_size:
             self._write_full_chunks(split)
@@ -123,16 +181,16 @@ class StoreWriter:
     def _write_full_chunks(self, split: str, final: bool = False) -> None:
         """Join the pending rows once, write every full chunk (and, if ``final``, the partial rest)."""
         parts = self._pending[split]
-        sparse, dense, label = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        total, start = len(sparse), 0
+        rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        total, start = len(rows["sparse"]), 0
         while total - start >= self.chunk_size or (final and start < total):
             end = min(start + self.chunk_size, total)
-            self._put(chunk_key(split, self._chunks[split]), encode_chunk(sparse[start:end], dense[start:end],
-                                                                          label[start:end]))
+            chunk = {k: a[start:end] for k, a in rows.items()}
+            self._put(chunk_key(split, self._chunks[split]), encode_chunk(chunk, self.schema))
             self._chunks[split] += 1
             self._rows[split] += end - start
             start = end
-        self._pending[split] = [(sparse[start:], dense[start:], label[start:])] if start < total else []
+        self._pending[split] = [{k: a[start:] for k, a in rows.items()}] if start < total else []
         self._pending_rows[split] = total - start
 
     def _put(self, key: bytes, value: bytes | bytearray) -> None:
@@ -186,6 +244,20 @@ class StoreWriter:
 _ENVS: dict[str, tuple[int, lmdb.Environment]] = {}  # resolved path -> (pid, env): one handle per process
 
 
+def _open_readonly(path: Path, **options: Any) -> lmdb.Environment:
+    """Open a store read-only, after checking that ``data.mdb`` holds every page LMDB will map: reading a
+    page past the end of a truncated file is a SIGBUS, which would kill a loader worker with a misleading
+    shared-memory message."""
+    env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, **options)
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / "data.mdb").stat().st_size
+    if size < needed:
+        env.close()
+        raise StoreCorruptError(f"store {path} is corrupt: data.mdb has {size} bytes, its pages need {needed} "
+                                f"(the file was truncated); re-run preprocess.py")
+    return env
+
+
 def _env(path: Path) -> lmdb.Environment:
     """This process's read-only handle on a store (py-lmdb allows one per environment and process).
     Keyed by pid too, so a forked worker opens its own instead of using its parent's."""
@@ -194,7 +266,7 @@ def _env(path: Path) -> lmdb.Environment:
     if hit is None or hit[0] != os.getpid():
         if hit is not None:  # inherited over fork: py-lmdb refuses a second open while this one is registered
             hit[1].close()  # closes the child's copy only; the parent's handle is unaffected
-        env = lmdb.open(key, readonly=True, lock=False, readahead=False, subdir=True, max_readers=512)
+        env = _open_readonly(Path(key), readahead=False, max_readers=512)
         _ENVS[key] = (os.getpid(), env)
     return _ENVS[key][1]
 
@@ -212,7 +284,7 @@ def _read_meta(path: Path) -> bytes | None:
     if hit is not None and hit[0] == os.getpid():
         with hit[1].begin() as txn:
             return txn.get(META_KEY)
-    env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
+    env = _open_readonly(path)
     try:
         with env.begin() as txn:
             return txn.get(META_KEY)
@@ -236,11 +308,10 @@ class StoreReader:
         if raw is None:
             raise ValueError(f"{self.path} has no metadata record: it is not a complete store; preprocess it again")
         self.meta: dict[str, Any] = json.loads(raw)
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{self.path} has store format {self.meta.get('format_version')}, this code reads {FORMAT_VERSION}; "
-                f"preprocess it again"
-            )
+        self.version = self.meta.get("format_version")
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"{self.path} has store format {self.version}, this code reads formats "
+                             f"{list(READABLE_VERSIONS)}; preprocess it again (python preprocess.py ...)")
         self.schema = Schema.from_dict(self.meta["schema"])
 
     def num_rows(self, split: str) -> int:
@@ -249,21 +320,39 @@ class StoreReader:
     def num_chunks(self, split: str) -> int:
         return int(self.meta["splits"][split]["chunks"])
 
-    def read_split(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read_split(self, split: str) -> Chunk:
         """Every row of ``split`` in stored order, loaded whole (for inspection, tests and small stores;
-        training reads chunk by chunk through dataset/loader.py) -> sparse int32 [n, F], dense float32
-        [n, D], label float32 [n, T]."""
+        training reads chunk by chunk through dataset/loader.py) -> block name -> [n, width] array."""
         chunks = [self.read_chunk(split, i) for i in range(self.num_chunks(split))]
         if not chunks:
-            s = self.schema
-            return (np.zeros((0, s.num_sparse), np.int32), np.zeros((0, s.num_dense), np.float32),
-                    np.zeros((0, s.num_tasks), np.float32))
-        return tuple(np.concatenate([c[k] for c in chunks]) for k in range(3))  # type: ignore[return-value]
+            return {b.name: np.zeros((0, b.width), b.store_dtype) for b in self.schema.blocks()}
+        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
-    def read_chunk(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """-> sparse int32 [n, F], dense float32 [n, D], label float32 [n, T] (copies, safe to keep)."""
+    def read_chunk(self, split: str, index: int, verify: bool = True) -> Chunk:
+        """-> block name -> [n, width] array (copies, safe to keep). ``verify`` checks the chunk's checksum
+        and that its ids fit the vocabularies: a corrupt chunk is a :class:`StoreCorruptError` naming it."""
         with _env(self.path).begin(buffers=True) as txn:
             buf = txn.get(chunk_key(split, index))
+            where = f"chunk {chunk_key(split, index).decode()}"
             if buf is None:
-                raise KeyError(f"{self.path}: chunk {index} of split {split!r} is missing")
-            return tuple(a.copy() for a in decode_chunk(buf, self.schema))  # type: ignore[return-value]
+                raise StoreCorruptError(f"store {self.path} is corrupt: {where} is missing; re-run preprocess.py")
+            try:
+                chunk = {k: a.copy() for k, a in decode_chunk(buf, self.schema, self.version, verify).items()}
+                if verify:
+                    check_ids(chunk, self.schema)
+            except StoreCorruptError as e:
+                raise StoreCorruptError(f"store {self.path} is corrupt at {where} ({e}): re-run preprocess.py") from None
+        return chunk
+
+
+def _zero_padding(seq: np.ndarray, seq_len: np.ndarray, schema: Schema) -> np.ndarray:
+    """Ids at or after each row's length set to 0 (a copy): the store holds one canonical padding."""
+    pos = np.concatenate([np.arange(s.max_len) for s in schema.sequence_fields])
+    field = np.repeat(np.arange(schema.num_sequences), [s.max_len for s in schema.sequence_fields])
+    return np.where(pos < seq_len[:, field], seq, 0)
+
+
+def _check_lengths(seq_len: np.ndarray, schema: Schema) -> None:
+    max_len = np.array([s.max_len for s in schema.sequence_fields])
+    if (seq_len < 0).any() or (seq_len > max_len).any():
+        raise ValueError(f"sequence lengths must lie in 0..max_len {max_len.tolist()}")

@@ -127,7 +127,7 @@ def bench_pytorchfm_loader(store: Path, work: Path, args: argparse.Namespace) ->
     reader = StoreReader(store)
     blocks = (reader.read_chunk("train", i) for i in range(reader.num_chunks("train")))
     shutil.rmtree(work / "pytorchfm_rows", ignore_errors=True)
-    write_row_cache(work / "pytorchfm_rows", ((s, y[:, 0]) for s, _, y in blocks), reader.schema.vocab_sizes)
+    write_row_cache(work / "pytorchfm_rows", ((c["sparse"], c["label"][:, 0]) for c in blocks), reader.schema.vocab_sizes)
     loader = DataLoader(CriteoRowDataset(work / "pytorchfm_rows"), batch_size=args.batch_size, shuffle=True,
                         num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
     batches = iter(loader)

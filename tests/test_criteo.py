@@ -95,7 +95,8 @@ def stored_rows(path: Path) -> dict[str, Counter]:
     for split in SPLITS:
         counter = Counter()
         for i in range(reader.num_chunks(split)):
-            sparse, dense, label = reader.read_chunk(split, i)
+            chunk = reader.read_chunk(split, i)
+            sparse, dense, label = chunk["sparse"], chunk["dense"], chunk["label"]
             for s, d, y in zip(sparse.tolist(), dense.tolist(), label.tolist()):
                 counter[(*s, *d, *y)] += 1
         assert sum(counter.values()) == reader.num_rows(split)
@@ -185,7 +186,8 @@ def test_oov_min_count_missing_and_train_only_vocabulary(tmp_path):
     seen = []
     for s in SPLITS:
         for k in range(reader.num_chunks(s)):
-            sparse, dense, _ = reader.read_chunk(s, k)
+            chunk = reader.read_chunk(s, k)
+            sparse, dense = chunk["sparse"], chunk["dense"]
             assert (dense[:, 1:] == 0).all() and (sparse[:, 1:] == 2).all()  # missing dense -> 0
             for ids, d in zip(sparse, dense):
                 row = int(round(math.expm1(float(d[0]))))  # I1 carries the row number
@@ -206,7 +208,7 @@ def test_each_split_is_stored_in_a_seeded_random_order(tmp_path, monkeypatch, bu
         preprocess_criteo(raw, out, dense="numeric", seed=seed, chunk_size=100, progress=False)
         reader = StoreReader(out)
         return {s: [int(round(math.expm1(float(d)))) for k in range(reader.num_chunks(s))
-                    for d in reader.read_chunk(s, k)[1][:, 0]] for s in SPLITS}
+                    for d in reader.read_chunk(s, k)["dense"][:, 0]] for s in SPLITS}
 
     order = stored_order(1)
     split = SplitAssigner((0.8, 0.1, 0.1), 1).assign(n)

@@ -11,7 +11,7 @@ from dataset.synthetic import write_synthetic_criteo
 
 def read_all(store: StoreReader) -> tuple[np.ndarray, np.ndarray]:
     parts = [store.read_split(s) for s in ("train", "valid", "test")]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[2] for p in parts])
+    return np.concatenate([p["sparse"] for p in parts]), np.concatenate([p["label"] for p in parts])
 
 
 def test_synthetic_conversion_store(tmp_path):

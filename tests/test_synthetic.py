@@ -81,8 +81,8 @@ def test_planted_signal_is_learnable_from_the_store(tmp_path):
     reader = StoreReader(tmp_path / "store")
 
     def split_rows(split: str) -> tuple[np.ndarray, np.ndarray]:
-        sparse, _, label = reader.read_split(split)
-        return sparse, label[:, 0]
+        rows = reader.read_split(split)
+        return rows["sparse"], rows["label"][:, 0]
 
     (x_train, y_train), (x_test, y_test) = split_rows("train"), split_rows("test")
     onehot = OneHotEncoder(handle_unknown="ignore").fit(x_train)

@@ -34,8 +34,9 @@ def run(module: types.ModuleType, argv: list[str], out: Path) -> int:
 
 
 def read_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All rows of one split of the store at ``path``."""
-    return StoreReader(path).read_split(split)
+    """All rows of one split of the store at ``path`` -> sparse, dense, label."""
+    rows = StoreReader(path).read_split(split)
+    return rows["sparse"], rows["dense"], rows["label"]
 
 
 def sorted_rows(sparse: np.ndarray, dense: np.ndarray, label: np.ndarray) -> np.ndarray:
