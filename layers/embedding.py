@@ -6,36 +6,49 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dataset.schema import Schema
+from dataset.schema import POOLINGS, Schema
 
 DENSE_MODES = ("vector", "embed")
 
 
 def field_offsets(vocab_sizes: Sequence[int]) -> torch.Tensor:
-    """Start row of each field in a concatenated table: ``[0, v0, v0 + v1, ...]`` -> int64 [F]."""
+    """Start row of each block in a concatenated table: ``[0, v0, v0 + v1, ...]`` -> int64 [len]."""
     sizes = torch.tensor([0, *vocab_sizes[:-1]], dtype=torch.long)
     return torch.cumsum(sizes, dim=0)
 
 
 class FeatureEmbedding(nn.Module):
-    """All sparse-field embeddings in one concatenated table, the first-order term, and the dense block.
+    """Every vocabulary's embeddings in one concatenated table, the first-order term, sequence pooling
+    and the dense block.
 
-    Sparse field ``i`` owns rows ``offsets[i] .. offsets[i] + vocab_sizes[i] - 1`` of one table
-    ``E`` [sum(vocab), D], so all fields are looked up with a single ``embedding`` call (pytorch-fm style).
+    Vocabulary ``v`` owns rows ``start[v] .. start[v] + size[v] - 1`` of one table ``E`` [sum(sizes), D];
+    a field reads the rows of the vocabulary it names, so fields that share a vocabulary share rows
+    (``item_id`` and its history ``hist_item_id``). All sparse fields are looked up with one
+    ``embedding`` call (pytorch-fm style), all sequence positions with one more.
+
+    Sequence fields (``batch["seq"]`` [B, L], lengths ``batch["seq_len"]`` [B, S]) come out two ways:
+
+    * pooled, as one more field each, after the sparse fields: ``seq_pooling`` (a run's choice, default
+      ``mean``) over the valid elements ``e_1..e_n`` (``n`` = the length; padding never counts), times
+      their stored weights ``w_l`` if the field is weighted (DeepCTR's ``weight_name``; 1 otherwise):
+      ``sum = sum_l w_l e_l``, ``mean = sum / n``, ``max = max_l w_l e_l`` elementwise; an empty sequence
+      pools to 0. Every model consumes these as if they were categorical fields;
+    * raw, :meth:`sequence`: ``[B, L_s, D]`` with its mask, for attention models.
+
     Dense features are handled one of two ways (``dense_mode``):
 
     * ``"vector"``: kept as a raw vector ``x_dense`` [B, F_dense] that :meth:`dnn_input` appends to the
-      flattened embeddings (what DNN-based models feed their MLP); interaction layers see sparse fields only.
+      flattened embeddings (what DNN-based models feed their MLP); interaction layers see the id fields only.
     * ``"embed"``: each dense field ``j`` gets a vector ``v_j`` and is embedded as ``x_j * v_j``, so it
-      takes part in every interaction as one more field.
+      takes part in every interaction as one more field (the last ones).
 
-    First order (:meth:`linear`): ``b + sum_i w[offsets[i] + x_i] + <w_dense, x_dense>`` -> [B, 1].
+    First order (:meth:`linear`): ``b + sum_i w[x_i] + sum_s pool_s(w[seq_s]) + <w_dense, x_dense>`` -> [B, 1].
 
     Gradients are dense (``sparse=False``): they all-reduce under NCCL and gloo alike and work with
     every torch optimizer (Adam, AdamW, Adagrad, SGD, ...).
 
     Attributes:
-        num_fields: F, number of embedded fields (sparse, plus dense ones in ``"embed"`` mode).
+        num_fields: F, number of embedded fields (sparse, pooled sequences, dense ones in ``"embed"`` mode).
         embed_dim: D.
         dense_dim: width of the raw dense vector that :meth:`dnn_input` appends (0 in ``"embed"`` mode).
         output_dim: ``F * D + dense_dim``, the width of :meth:`dnn_input`.
@@ -49,16 +62,23 @@ class FeatureEmbedding(nn.Module):
     """
 
     def __init__(self, schema: Schema, embed_dim: int = 16, dense_mode: str = "vector",
-                 init_std: float = 1e-4) -> None:
+                 init_std: float = 1e-4, seq_pooling: str = "mean") -> None:
         super().__init__()
         if dense_mode not in DENSE_MODES:
             raise ValueError(f"dense_mode must be one of {DENSE_MODES}, got {dense_mode!r}")
         self.embed_dim = embed_dim
         self.dense_mode = dense_mode
+        self.seq_pooling = seq_pooling
         self.num_sparse = schema.num_sparse
         self.num_dense = schema.num_dense
-        total = sum(schema.vocab_sizes)
-        self.register_buffer("offsets", field_offsets(schema.vocab_sizes), persistent=False)
+        self.num_sequences = schema.num_sequences
+        self.seq_slices = schema.seq_slices
+        vocabs = schema.vocabs
+        start = dict(zip(vocabs, field_offsets(list(vocabs.values())).tolist()))
+        self.register_buffer("offsets", torch.tensor([start[v] for v in schema.sparse_vocabs], dtype=torch.long),
+                             persistent=False)  # [F_sparse]
+        self._init_sequences(schema, start)
+        total = sum(vocabs.values())
         self.table = nn.Embedding(total, embed_dim)
         self.weight = nn.Embedding(total, 1)
         self.bias = nn.Parameter(torch.zeros(1))
@@ -67,21 +87,91 @@ class FeatureEmbedding(nn.Module):
         embed_dense = self.num_dense > 0 and dense_mode == "embed"
         self.dense_table = nn.Parameter(torch.randn(self.num_dense, embed_dim) * init_std) if embed_dense else None
         self.dense_weight = nn.Parameter(torch.zeros(self.num_dense)) if self.num_dense else None
-        self.num_fields = self.num_sparse + (self.num_dense if embed_dense else 0)
+        self.num_fields = self.count_fields(schema, dense_mode)
         self.dense_dim = 0 if embed_dense else self.num_dense
         self.output_dim = self.num_fields * embed_dim + self.dense_dim
 
+    @staticmethod
+    def count_fields(schema: Schema, dense_mode: str) -> int:
+        """F: sparse fields, pooled sequence fields, and the dense ones in ``"embed"`` mode."""
+        return schema.num_sparse + schema.num_sequences + (schema.num_dense if dense_mode == "embed" else 0)
+
+    def _init_sequences(self, schema: Schema, start: dict[str, int]) -> None:
+        """Per position of ``batch["seq"]`` [L]: its table offset, its field, its index inside the field, and
+        its column of ``batch["seq_weight"]`` (-1: unweighted)."""
+        lens = [s.max_len for s in schema.sequence_fields]
+        weight_col, col = [], 0
+        for s in schema.sequence_fields:
+            weight_col += list(range(col, col + s.max_len)) if s.weighted else [-1] * s.max_len
+            col += s.max_len if s.weighted else 0
+        buffers = {"seq_offsets": [start[s.vocab] for s in schema.sequence_fields for _ in range(s.max_len)],
+                   "seq_field": [i for i, n in enumerate(lens) for _ in range(n)],
+                   "seq_position": [p for n in lens for p in range(n)],
+                   "seq_weight_col": weight_col}
+        for name, values in buffers.items():
+            self.register_buffer(name, torch.tensor(values, dtype=torch.long), persistent=False)
+        self.weighted = col > 0
+
+    @property
+    def seq_pooling(self) -> str:
+        return self._seq_pooling
+
+    @seq_pooling.setter
+    def seq_pooling(self, mode: str) -> None:
+        if mode not in POOLINGS:
+            raise ValueError(f"seq_pooling must be one of {POOLINGS}, got {mode!r}")
+        self._seq_pooling = mode
+
+    # -- lookups --------------------------------------------------------------------------------------
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """-> field embeddings [B, F, D]."""
+        """-> field embeddings [B, F, D]: sparse fields, pooled sequence fields, embedded dense fields."""
         emb = self.table(batch["sparse"] + self.offsets)  # [B, F_sparse, D]
+        if self.num_sequences:
+            pooled = self.pool(self.table(batch["seq"] + self.seq_offsets), batch)  # [B, L, D] -> [B, S, D]
+            emb = torch.cat([emb, pooled], dim=1)
         if self.dense_table is not None:
             dense = batch["dense"].unsqueeze(-1) * self.dense_table  # [B, F_dense, 1] * [F_dense, D]
             emb = torch.cat([emb, dense], dim=1)
         return emb
 
+    def sequence(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw embeddings of one sequence field and its mask: -> [B, L_s, D], bool [B, L_s] (True: a
+        valid element). Padded positions hold the embedding of id 0: use the mask."""
+        cols = self.seq_slices[name]
+        emb = self.table(batch["seq"][:, cols] + self.seq_offsets[cols])  # [B, L_s, D]
+        return emb, self.seq_mask(batch)[:, cols]
+
+    def seq_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """bool [B, L]: position ``l`` of its field is inside that row's length."""
+        return self.seq_position < batch["seq_len"][:, self.seq_field]
+
+    def pool(self, values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-position vectors of every sequence field [B, L, K] -> one per field [B, S, K], pooled over the
+        valid elements by :attr:`seq_pooling`, weighted by ``batch["seq_weight"]`` where a field is weighted."""
+        mask = self.seq_mask(batch)  # [B, L]
+        weight = mask.to(values.dtype)
+        if self.weighted:
+            stored = batch["seq_weight"][:, self.seq_weight_col.clamp(min=0)].to(values.dtype)  # [B, L]
+            weight = weight * torch.where(self.seq_weight_col >= 0, stored, torch.ones_like(stored))
+        values = values * weight.unsqueeze(-1)  # padding -> 0
+        b, _, k = values.shape
+        index = self.seq_field.view(1, -1, 1).expand_as(values)
+        if self.seq_pooling == "max":
+            values = values.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+            pooled = values.new_full((b, self.num_sequences, k), float("-inf"))
+            pooled = pooled.scatter_reduce(1, index, values, "amax")
+            return pooled.masked_fill(batch["seq_len"].unsqueeze(-1) == 0, 0.0)  # empty sequences -> 0
+        pooled = values.new_zeros((b, self.num_sequences, k)).scatter_add(1, index, values)  # [B, S, K]
+        if self.seq_pooling == "mean":
+            pooled = pooled / batch["seq_len"].clamp(min=1).unsqueeze(-1).to(values.dtype)
+        return pooled
+
     def linear(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """First-order term -> [B, 1]."""
         out = self.weight(batch["sparse"] + self.offsets).sum(dim=1) + self.bias  # [B, 1]
+        if self.num_sequences:
+            out = out + self.pool(self.weight(batch["seq"] + self.seq_offsets), batch).sum(dim=1)  # [B, S, 1]
         if self.dense_weight is not None:
             out = out + batch["dense"] @ self.dense_weight.unsqueeze(1)
         return out
@@ -92,7 +182,8 @@ class FeatureEmbedding(nn.Module):
         return torch.cat([flat, batch["dense"]], dim=1) if self.dense_dim else flat
 
     def l2_penalty(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Squared L2 norm of the embedding rows this batch touches, averaged over the batch -> scalar.
+        """Squared L2 norm of the embedding rows this batch touches (sparse ids and valid sequence
+        elements), averaged over the batch -> scalar.
 
         The trainer adds ``embed_l2 * l2_penalty(batch)`` to the loss: regularizing only the rows in use
         is what makes L2 on a 10^7-row table affordable (the usual CTR practice, e.g. DeepCTR/FuxiCTR's
@@ -100,4 +191,8 @@ class FeatureEmbedding(nn.Module):
         """
         ids = batch["sparse"] + self.offsets
         penalty = self.table(ids).pow(2).sum() + self.weight(ids).pow(2).sum()
+        if self.num_sequences:
+            seq = batch["seq"] + self.seq_offsets
+            mask = self.seq_mask(batch).unsqueeze(-1)
+            penalty = penalty + (self.table(seq).pow(2) * mask).sum() + (self.weight(seq).pow(2) * mask).sum()
         return penalty / batch["sparse"].shape[0]

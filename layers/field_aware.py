@@ -41,7 +41,7 @@ class FieldAwareEmbedding(FeatureEmbedding):
 
     def __init__(self, schema: Schema, embed_dim: int = 16, dense_mode: str = "vector",
                  init_std: float = 1e-4) -> None:
-        num_fields = schema.num_sparse + (schema.num_dense if dense_mode == "embed" else 0)
+        num_fields = self.count_fields(schema, dense_mode)
         super().__init__(schema, num_fields * embed_dim, dense_mode, init_std)
         self.embed_dim = embed_dim
         self.output_dim = self.num_fields * embed_dim + self.dense_dim

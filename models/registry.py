@@ -58,13 +58,16 @@ def init_dense_weights(model: nn.Module, init: str = "xavier_normal") -> None:
             m.init_dense(fn)
 
 
-def build_model(name: str, schema: Schema, dense_init: str = "xavier_normal", **hparams: Any) -> nn.Module:
-    """Build a registered model from a store's schema; unknown hyperparameters are an error."""
+def build_model(name: str, schema: Schema, dense_init: str = "xavier_normal", seq_pooling: str = "mean",
+                **hparams: Any) -> nn.Module:
+    """Build a registered model from a store's schema; unknown hyperparameters are an error.
+    ``seq_pooling`` (mean / sum / max) is how the shared embedding pools sequence fields into fields."""
     cls = get_model_class(name)
     unknown = set(hparams) - set(model_hparams(cls))
     if unknown:
         raise ValueError(f"{cls.__name__} has no hyperparameter(s) {sorted(unknown)}; "
                          f"it takes {sorted(model_hparams(cls))}")
     model = cls(schema, **hparams)
+    model.embedding.seq_pooling = seq_pooling
     init_dense_weights(model, dense_init)
     return model

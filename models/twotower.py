@@ -82,7 +82,7 @@ class TwoTower(CTRModel):
         if temperature <= 0:
             raise ValueError(f"TwoTower --temperature must be > 0, got {temperature}")
         user_idx, item_idx = assign_fields(schema, user_fields, item_fields)
-        user_idx += list(range(schema.num_sparse, self.embedding.num_fields))  # embedded dense fields
+        user_idx += list(range(schema.num_sparse, self.embedding.num_fields))  # pooled histories, embedded dense
         user_dim = len(user_idx) * embed_dim + self.embedding.dense_dim
         if user_dim == 0:
             raise ValueError("TwoTower: the user tower has no inputs (no user fields, no dense fields); "

@@ -77,3 +77,92 @@ def test_l2_penalty_counts_touched_rows_only(schema):
 def test_bad_dense_mode(schema):
     with pytest.raises(ValueError, match="dense_mode"):
         FeatureEmbedding(schema, dense_mode="bucket")
+
+
+# -- shared vocabularies and sequence fields ------------------------------------------------------------
+
+
+def brute_pool(emb: FeatureEmbedding, batch: dict, table: torch.Tensor, mode: str, schema: Schema) -> torch.Tensor:
+    """A loop over rows, fields and valid elements: -> [B, S, K] in float64."""
+    vocabs = list(schema.vocabs)
+    starts = dict(zip(vocabs, [sum(list(schema.vocabs.values())[:i]) for i in range(len(vocabs))]))
+    b_size, out = batch["seq"].shape[0], []
+    for b in range(b_size):
+        row, col, wcol = [], 0, 0
+        for s_i, s in enumerate(schema.sequence_fields):
+            n = int(batch["seq_len"][b, s_i])
+            vecs = []
+            for p in range(n):
+                v = table[starts[s.vocab] + int(batch["seq"][b, col + p])].double()
+                w = float(batch["seq_weight"][b, wcol + p]) if s.weighted else 1.0
+                vecs.append(v * w)
+            zero = torch.zeros(table.shape[1], dtype=torch.float64)
+            if mode == "sum":
+                row.append(sum(vecs, zero))
+            elif mode == "mean":
+                row.append(sum(vecs, zero) / max(n, 1))
+            else:
+                row.append(torch.stack(vecs).max(dim=0).values if vecs else zero)
+            col += s.max_len
+            wcol += s.max_len if s.weighted else 0
+        out.append(torch.stack(row))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_pooling_matches_a_loop_over_valid_elements(seq_schema, mode):
+    emb = FeatureEmbedding(seq_schema, embed_dim=4, init_std=1.0, seq_pooling=mode).double()
+    batch = make_batch(seq_schema, 64, seed=3)
+    batch["seq_len"][0] = 0  # an all-padding row pools to 0
+    batch["seq_len"][1] = torch.tensor([s.max_len for s in seq_schema.sequence_fields])
+    batch["seq"][2, :] = 7 % 6  # ids left in padded positions must not count
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    out = emb(batch)  # [B, F_sparse + S, D]
+    assert out.shape == (64, 3 + 3, 4)
+    torch.testing.assert_close(out[:, 3:], brute_pool(emb, batch, emb.table.weight.detach(), mode, seq_schema))
+    assert out[0, 3:].abs().sum() == 0
+    lin = emb.linear(batch)  # first order covers pooled sequences too
+    want = emb.weight.weight[batch["sparse"] + emb.offsets].sum(dim=1) + emb.bias
+    want = want + brute_pool(emb, batch, emb.weight.weight.detach(), mode, seq_schema).sum(dim=1)
+    want = want + batch["dense"] @ emb.dense_weight.unsqueeze(1)
+    torch.testing.assert_close(lin, want)
+
+
+def test_shared_vocabulary_shares_rows(seq_schema):
+    emb = FeatureEmbedding(seq_schema, embed_dim=4, init_std=1.0)
+    assert emb.table.num_embeddings == 9 + 30 + 6 + 8  # user, item (shared), cate (shared), genres
+    batch = make_batch(seq_schema, 1)
+    batch["seq_len"][:] = torch.tensor([[1, 0, 0]])
+    batch["seq"][:] = 0
+    batch["seq"][0, 0] = 17  # history item 17, in the item vocabulary
+    batch["sparse"][0, 1] = 4  # candidate item 4
+    emb(batch)[:, 3].sum().backward()  # only the pooled history field
+    item_start = 9
+    touched = emb.table.weight.grad.abs().sum(dim=1).nonzero().flatten().tolist()
+    assert touched == [item_start + 17]  # the row that item_id 17 uses
+    raw, mask = emb.sequence(batch, "hist_item")
+    assert raw.shape == (1, 5, 4) and mask.tolist() == [[True, False, False, False, False]]
+    torch.testing.assert_close(raw[0, 0], emb.table.weight[item_start + 17])
+
+
+def test_l2_penalty_counts_valid_sequence_elements_only(seq_schema):
+    emb = FeatureEmbedding(seq_schema, embed_dim=3, init_std=1.0)
+    batch = make_batch(seq_schema, 4)
+    emb.l2_penalty(batch).backward()
+    touched = set((batch["sparse"] + emb.offsets).flatten().tolist())
+    mask = emb.seq_mask(batch)
+    touched |= set((batch["seq"] + emb.seq_offsets)[mask].tolist())
+    grad_rows = set(emb.table.weight.grad.abs().sum(dim=1).nonzero().flatten().tolist())
+    assert grad_rows == touched
+
+
+def test_field_aware_embedding_with_sequences(seq_schema):
+    from layers.field_aware import FieldAwareEmbedding
+    ffm = FieldAwareEmbedding(seq_schema, embed_dim=2)
+    out = ffm(make_batch(seq_schema, 5))
+    assert ffm.num_fields == 6 and out.shape == (5, 6, 6, 2)
+
+
+def test_bad_pooling(seq_schema):
+    with pytest.raises(ValueError, match="seq_pooling"):
+        FeatureEmbedding(seq_schema, seq_pooling="median")

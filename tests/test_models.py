@@ -5,6 +5,7 @@ census-income rows (income, never married), each preprocessed once per session i
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,27 @@ def test_output_shape_and_gradient_reach_shared_embedding(name, dense_mode, sche
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
+def test_sequence_fields_pooled_and_mixed_task_types(name, seq_schema):
+    """Every model takes a store with sequence fields (pooled by the shared embedding) and regression labels:
+    [B, T] logits, and the gradient reaches the history rows of the shared item table."""
+    s = Schema(seq_schema.sparse_fields, seq_schema.vocab_sizes, seq_schema.dense_fields, ("click", "rating"),
+               task_types=("binary", "regression"), sequence_fields=seq_schema.sequence_fields,
+               user_field=seq_schema.user_field)
+    torch.manual_seed(0)
+    model = models.build_model(name, s, seq_pooling="sum", **small(name))
+    batch = make_batch(s, 16)
+    batch["seq_len"][:, 1:] = 0  # only the item history is non-empty
+    batch["sparse"][:, 1] = 0  # and no candidate item other than id 0
+    out = model(batch)
+    assert out.shape == (16, model.num_tasks) and torch.isfinite(out).all()
+    out.sum().backward()
+    table = model.embedding.weight if name == "LR" else model.embedding.table
+    item_start = 9  # after the user vocabulary
+    hist_rows = (batch["seq"][:, :5][batch["seq"][:, :5] > 0] + item_start).unique()
+    assert table.weight.grad[hist_rows].abs().sum() > 0, f"{name}: no gradient reaches the history rows"
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_works_without_dense_fields(name):
     s = Schema(("a", "b", "c"), (4, 5, 6), (), ("click", "conversion"))
     model = models.build_model(name, s, **small(name))
@@ -65,9 +87,9 @@ def test_works_without_dense_fields(name):
 
 
 def load_split(store: StoreReader, split: str) -> dict[str, torch.Tensor]:
-    sparse, dense, label = store.read_split(split)
-    return {"sparse": torch.from_numpy(sparse).long(), "dense": torch.from_numpy(dense),
-            "label": torch.from_numpy(label)}
+    rows = store.read_split(split)
+    return {k: torch.from_numpy(rows[k]).long() if rows[k].dtype == np.int32 else torch.from_numpy(rows[k])
+            for k in store.schema.batch_keys()}
 
 
 @pytest.fixture(scope="module")
