@@ -43,6 +43,7 @@ from dataset.schema import Schema
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # format 1: no chunk header, no sequences, every label binary
 META_KEY = b"__meta__"
+VOCAB_PREFIX = b"__vocab__/"
 SPLITS = ("train", "valid", "test")
 _MAP_SIZE = 1 << 40  # address space only: LMDB files are sparse and grow with the data
 HEADER = np.dtype([("rows", "<u4"), ("crc32", "<u4")])  # format 2: leads every chunk
@@ -193,6 +194,13 @@ class StoreWriter:
         self._pending[split] = [{k: a[start:] for k, a in rows.items()}] if start < total else []
         self._pending_rows[split] = total - start
 
+    def put_vocabulary(self, name: str, values: list[str], spec: dict[str, Any] | None = None) -> None:
+        """Keep a vocabulary with the store, so that new raw rows can be encoded as preprocessing did:
+        ``values[i]`` has id ``i + 2`` (0 = OOV, 1 = missing), ``spec`` any parameters of the encoding (a
+        hashed vocabulary: its bucket count and hash, and no values). Key ``__vocab__/<name>``, JSON."""
+        record = {"values": list(values), **(spec or {})}
+        self._put(VOCAB_PREFIX + name.encode(), json.dumps(record).encode())
+
     def _put(self, key: bytes, value: bytes | bytearray) -> None:
         self._txn.put(key, value)
         self._puts += 1
@@ -319,6 +327,15 @@ class StoreReader:
 
     def num_chunks(self, split: str) -> int:
         return int(self.meta["splits"][split]["chunks"])
+
+    def vocabulary(self, name: str) -> dict[str, Any]:
+        """What :meth:`StoreWriter.put_vocabulary` kept: ``{"values": [...], ...spec}``."""
+        with _env(self.path).begin() as txn:
+            raw = txn.get(VOCAB_PREFIX + name.encode())
+        if raw is None:
+            raise KeyError(f"store {self.path} keeps no vocabulary {name!r} (stores keep the vocabularies of the "
+                           f"datasets that write them; preprocess again with this version)")
+        return json.loads(raw)
 
     def read_split(self, split: str) -> Chunk:
         """Every row of ``split`` in stored order, loaded whole (for inspection, tests and small stores;

@@ -245,3 +245,15 @@ def test_format_1_stores_still_load(tmp_path):
     assert r.schema == SCHEMA and r.schema.task_types == ("binary", "binary") and r.schema.num_sequences == 0
     for got, want in zip(core(r.read_chunk("train", 0)), (sparse, dense, label)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_vocabularies_are_kept_with_the_store(tmp_path):
+    with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy") as w:
+        w.add("train", *random_rows(5))
+        w.put_vocabulary("C1", ["a", "b", "c"])
+        w.put_vocabulary("C2", [], {"hash_buckets": 4})
+    r = StoreReader(tmp_path / "s")
+    assert r.vocabulary("C1") == {"values": ["a", "b", "c"]}
+    assert r.vocabulary("C2") == {"values": [], "hash_buckets": 4}
+    with pytest.raises(KeyError, match="no vocabulary 'C3'"):
+        r.vocabulary("C3")
