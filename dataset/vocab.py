@@ -8,6 +8,11 @@ Id layout of every field (the same for every dataset):
   ``min_count``, never on hash seeds or the order rows were read in).
 
 Encoding is vectorized (``pandas.Index.get_indexer``), so it runs at C speed.
+
+A field may instead be **hashed** into ``buckets`` ids (no vocabulary pass; values never seen still get
+a bucket): ``id = 2 + h(value) mod buckets``, missing -> 1, vocab size ``buckets + 2``. ``h`` is a stable
+hash (SipHash-2-4 with a fixed key for strings, as pandas computes it; splitmix64 for integer codes), never
+Python's ``hash()``, so the same input gives the same store whatever ``PYTHONHASHSEED``.
 """
 from __future__ import annotations
 
@@ -29,6 +34,35 @@ def ids_from_positions(positions: np.ndarray, missing: np.ndarray) -> np.ndarray
     ids = positions
     ids += 2  # not kept: -1 + 2 = 1, fixed next
     ids[ids == 1] = OOV_ID
+    ids[missing] = MISSING_ID
+    return ids
+
+
+HASH_KEY = "ctr-zoo-hash-v1."  # 16 bytes: SipHash's key; changing it changes every hashed store
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def hash_strings(values: pd.Series | np.ndarray, buckets: int) -> np.ndarray:
+    """Strings (``""`` or NaN: missing) -> int32 ids ``2 + SipHash(value) mod buckets``, missing -> 1."""
+    values = pd.Series(values, copy=False)
+    missing = values.isna().to_numpy() | (values.to_numpy() == MISSING)
+    h = pd.util.hash_array(values.astype(str).to_numpy(dtype=object), hash_key=HASH_KEY, categorize=True)
+    return _bucket_ids(h, missing, buckets)
+
+
+def hash_codes(codes: np.ndarray, missing: np.ndarray, buckets: int) -> np.ndarray:
+    """Integer codes [n] (e.g. Criteo's decoded 32-bit hex values) and missing flags -> int32 ids
+    ``2 + splitmix64(code) mod buckets``, missing -> 1."""
+    z = codes.astype(np.uint64) + _MIX[0]
+    z = (z ^ (z >> np.uint64(30))) * _MIX[1]
+    z = (z ^ (z >> np.uint64(27))) * _MIX[2]
+    return _bucket_ids(z ^ (z >> np.uint64(31)), missing, buckets)
+
+
+def _bucket_ids(h: np.ndarray, missing: np.ndarray, buckets: int) -> np.ndarray:
+    if buckets < 1:
+        raise ValueError(f"a hashed field needs at least 1 bucket, got {buckets}")
+    ids = (h % np.uint64(buckets)).astype(np.int32) + 2
     ids[missing] = MISSING_ID
     return ids
 
