@@ -401,32 +401,24 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -
                                                       patience=args.lr_patience, min_lr=args.min_lr)
 
 
-def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_t w_t * mean_b BCE(logits[b, t], labels[b, t])``; logits, labels [B, T], weights [T] -> scalar."""
-    per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=0)  # [T]
-    return (per_task * weights).sum()
-
-
-def compute_loss(model: nn.Module, batch: Batch, logits: torch.Tensor, task_weights: torch.Tensor,
-                 embed_l2: float) -> torch.Tensor:
-    """The training loss of ``logits = model(batch)`` [B, T]: the model's own ``loss`` if it defines one,
-    else per-task BCE against ``batch["label"][:, :T]`` (T = model.num_tasks); plus the embedding L2 term."""
-    if hasattr(model, "loss"):
-        loss = model.loss(batch, logits)
-    else:
-        loss = weighted_bce(logits, batch["label"][:, : model.num_tasks], task_weights)
+def compute_loss(model: nn.Module, batch: Batch, logits: torch.Tensor, embed_l2: float) -> torch.Tensor:
+    """The training loss of ``logits = model(batch)`` [B, T]: the model's :meth:`~models.base.CTRModel.loss`
+    (per-task BCE or squared error weighted by --task_weights, unless the model's paper says otherwise),
+    plus the embedding L2 term."""
+    loss = model.loss(batch, logits)
     if embed_l2:
         loss = loss + embed_l2 * model.embedding.l2_penalty(batch)
     return loss
 
 
-def make_loss_fn(model: nn.Module, args: argparse.Namespace, device: torch.device) -> LossFn:
-    """:func:`compute_loss` bound to the (unwrapped) model, --task_weights and --embed_l2."""
+def make_loss_fn(model: nn.Module, args: argparse.Namespace) -> LossFn:
+    """:func:`compute_loss` bound to the (unwrapped) model, with --task_weights set on it, and --embed_l2."""
     weights = args.task_weights or (1.0,) * model.num_tasks
     if len(weights) != model.num_tasks:
         raise UsageError(f"--task_weights has {len(weights)} values but {type(model).__name__} predicts "
                          f"{model.num_tasks} task(s) {list(model.tasks)}; pass one weight per task")
-    return partial(compute_loss, model, task_weights=torch.tensor(weights, device=device), embed_l2=args.embed_l2)
+    model.set_task_weights(weights)
+    return partial(compute_loss, model, embed_l2=args.embed_l2)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -634,7 +626,7 @@ class Trainer:
         random.seed(self.args.seed)
         self.store = open_store(config["store"]["path"])
         self.model = build(config, self.store, ctx.device)
-        self.loss_fn = make_loss_fn(self.model, self.args, ctx.device)
+        self.loss_fn = make_loss_fn(self.model, self.args)
         self.optimizer = make_optimizer(self.model, self.args)
         self.scheduler = make_scheduler(self.optimizer, self.args)
         self.progress = Progress()

@@ -125,7 +125,7 @@ class TwoTower(CTRModel):
         label = batch["label"][:, :1]  # [B, 1]
         positive = label[:, 0] > 0.5  # [B]
         if not self.in_batch_negatives or not positive.any():
-            return F.binary_cross_entropy_with_logits(logits, label)
+            return super().loss(batch, logits)
         if towers is None or towers[0].shape[0] != logits.shape[0]:
             raise RuntimeError("TwoTower.loss needs the tower outputs of the forward pass that produced "
                                "`logits`: call logits = model(batch) right before model.loss(batch, logits)")

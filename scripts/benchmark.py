@@ -186,7 +186,7 @@ def measure_training(store_path: str, model_name: str, device_name: str, batch_s
     batches = _cached_batches(store, batch_size, schema.num_tasks, device)
     model = models.build_model(model_name, schema).to(device)
     opts = argparse.Namespace(optimizer="adam", lr=1e-3, weight_decay=0.0, task_weights=None, embed_l2=0.0)
-    optimizer, loss_fn = train.make_optimizer(model, opts), train.make_loss_fn(model, opts, device)
+    optimizer, loss_fn = train.make_optimizer(model, opts), train.make_loss_fn(model, opts)
     ctx = train.Ctx(device=device)
     for i in range(warmup + steps):
         if i == warmup:

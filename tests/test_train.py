@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import models
 import train
+from models.base import task_loss
 from conftest import ROOT, make_batch
 from dataset.loader import make_loader
 from dataset.schema import Schema
@@ -133,14 +134,18 @@ def test_eval_only_scores_best_pt_like_the_run_did(deepfm_run: Path, capsys: pyt
 # -- building blocks ------------------------------------------------------------------------------------
 
 
-def test_weighted_bce_and_metrics_match_brute_force():
+def test_task_loss_and_metrics_match_brute_force():
     g = torch.Generator().manual_seed(0)
-    logits, labels = torch.randn(50, 2, generator=g), (torch.rand(50, 2, generator=g) < 0.4).float()
-    weights = torch.tensor([1.0, 0.25])
+    logits, labels = torch.randn(50, 3, generator=g), (torch.rand(50, 3, generator=g) < 0.4).float()
+    labels[:, 2] = torch.randn(50, generator=g) * 3  # a regression task
+    weights = torch.tensor([1.0, 0.25, 0.5])
     p = torch.sigmoid(logits)
     manual = sum(w * -(y * torch.log(q) + (1 - y) * torch.log(1 - q)).mean()
-                 for w, q, y in zip(weights, p.T, labels.T))
-    assert train.weighted_bce(logits, labels, weights).item() == pytest.approx(manual.item(), rel=1e-5)
+                 for w, q, y in zip(weights[:2], p.T[:2], labels.T[:2]))
+    manual = manual + 0.5 * ((logits[:, 2] - labels[:, 2]) ** 2).mean()
+    regression = torch.tensor([False, False, True])
+    assert task_loss(logits, labels, regression, weights).item() == pytest.approx(manual.item(), rel=1e-5)
+    labels = labels[:, :2]
 
     y, q = labels.double().numpy(), p.double().numpy()
     m = train.compute_metrics(y, q, ("click", "buy"))
@@ -174,7 +179,7 @@ def test_train_step_refuses_a_nan_loss_before_updating(schema: Schema):
     model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     args = train.base_parser(False).parse_args([])
-    loss_fn = train.make_loss_fn(model, args, torch.device("cpu"))
+    loss_fn = train.make_loss_fn(model, args)
     batch = make_batch(schema, 16, seed=1)
     batch["dense"][3, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -200,7 +205,7 @@ def ddp_worker(rank: int, port: int, schema: Schema, out: str) -> None:
     model = ddp_model(schema)
     ddp = torch.nn.parallel.DistributedDataParallel(model, static_graph=True)
     args = train.base_parser(False).parse_args(["--embed_l2", "0.01", "--lr", "0.01"])
-    optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args, ctx.device)
+    optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args)
     losses = []
     for step in range(DDP_STEPS):
         full = make_batch(schema, 2 * DDP_B, seed=step)
@@ -222,7 +227,7 @@ def test_two_gloo_processes_match_one_process_with_the_double_batch(schema: Sche
 
     model = ddp_model(schema)
     args = train.base_parser(False).parse_args(["--embed_l2", "0.01", "--lr", "0.01"])
-    optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args, torch.device("cpu"))
+    optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args)
     losses = [train.train_step(model, make_batch(schema, 2 * DDP_B, seed=s), optimizer, loss_fn, train.Ctx())
               for s in range(DDP_STEPS)]
     assert ddp["losses"] == pytest.approx(losses, rel=1e-5)
