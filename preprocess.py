@@ -4,13 +4,17 @@
     python preprocess.py census --input ../shared/data/census/census-income.test.gz
 
 Each subcommand lives in its dataset/ module, which provides ``add_arguments(parser)`` and
-``main(args) -> int``; this file only parses flags and dispatches.
+``main(args) -> int``; this file parses flags, dispatches, and turns the errors a user can act on into one
+``error:`` line (exit 2: bad input or flags).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from dataset.raw import InputError
+from dataset.store import StoreExistsError
 
 SUBCOMMANDS = {
     "criteo": "dataset.criteo",
@@ -54,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = f"data/{args.dataset}"
-    return args._main(args)
+    try:
+        return args._main(args)
+    except (InputError, StoreExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -787,19 +786,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the subcommand (preprocess.py has checked --out and prints the errors)."""
     try:
-        try:
-            ratios = parse_split(args.split)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        if args.synthetic is not None and args.input is not None:
-            raise InputError("pass either --input or --synthetic N, not both")
-        if args.synthetic is not None and args.synthetic < 1:
-            raise InputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
-        path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
-        preprocess_criteo(path, args.out, min_count=args.min_count, dense=args.dense, split=ratios, seed=args.seed,
-                          chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict)
-    except (InputError, StoreExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        ratios = parse_split(args.split)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if args.synthetic is not None and args.input is not None:
+        raise InputError("pass either --input or --synthetic N, not both")
+    if args.synthetic is not None and args.synthetic < 1:
+        raise InputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
+    path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
+    preprocess_criteo(path, args.out, min_count=args.min_count, dense=args.dense, split=ratios, seed=args.seed,
+                      chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict)
     return 0

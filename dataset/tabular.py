@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import io
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -404,19 +402,6 @@ def skipped_stats(tables: Sequence[RawTable]) -> dict[str, Any]:
     """Skipped-row counts of the tables read, for the store metadata."""
     reasons = sum((t.skipped for t in tables), Counter())
     return {"skipped_rows": sum(reasons.values()), "skipped_by_reason": dict(sorted(reasons.items()))}
-
-
-def cli_main(run: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
-    """Wrap a dataset's ``main``: bad input or an existing store prints one ``error:`` line and returns 1."""
-    @functools.wraps(run)
-    def main(args: argparse.Namespace) -> int:
-        try:
-            run(args)
-        except (InputError, StoreExistsError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        return 0
-    return main
 
 
 def resolve_input(given: str | None, default: str | os.PathLike, hint: str) -> str:
