@@ -5,7 +5,8 @@
 
 Input: one row per line, tab-separated, no header: ``click I1..I13 C1..C26`` (40 columns); ``click`` is 0/1,
 ``I*`` are integers (may be empty or negative), ``C*`` are 8 lowercase hex digits (may be empty). Plain or
-gzip (detected from the magic bytes). Lines ending in ``\\r\\n`` are accepted.
+gzip (detected from the magic bytes). Lines ending in ``\\r\\n`` are accepted, and so is a UTF-8
+byte-order mark before the first row.
 
 Output (see dataset/store.py): label ``click``; sparse fields ``C1..C26`` with ids from
 :class:`~dataset.vocab.Vocabulary` fitted on the train split only (0 = OOV or rarer than ``--min-count``,
