@@ -4,8 +4,8 @@
     python preprocess.py census --input ../shared/data/census/census-income.test.gz
 
 Each subcommand lives in its dataset/ module, which provides ``add_arguments(parser)`` and
-``main(args) -> int``; this file parses flags, dispatches, and turns the errors a user can act on into one
-``error:`` line (exit 2: bad input or flags).
+``main(args) -> int``; this file parses flags, checks the common ``--split`` before any work, dispatches,
+and turns the errors a user can act on into one ``error:`` line (exit 2: bad input or flags).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import importlib
 import sys
 
 from dataset.raw import InputError
+from dataset.split import parse_split
 from dataset.store import StoreExistsError
 
 SUBCOMMANDS = {
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = f"data/{args.dataset}"
     try:
+        try:
+            parse_split(args.split)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         return args._main(args)
     except (InputError, StoreExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -64,7 +64,7 @@ from tqdm import tqdm
 
 from dataset.raw import InputError, is_gzip, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, parse_split
+from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
 from dataset.store import StoreExistsError, StoreWriter
 from dataset.synthetic import write_synthetic_criteo
 from dataset.vocab import Vocabulary, count_values, ids_from_positions
@@ -726,8 +726,8 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
     """Raw Criteo TSV (plain or gzip) -> LMDB store at ``out_path`` (see the module docstring).
 
     Returns the store's metadata record (schema, rows per split, ``options``, ``stats`` with skipped rows).
-    Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, or (``strict``) the
-    first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` exists and not ``overwrite``.
+    Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, an empty split, or
+    (``strict``) the first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` exists and not ``overwrite``.
     """
     start = time.perf_counter()
     path, out = Path(input_path), Path(out_path)
@@ -747,6 +747,7 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
                 f"{path}: none of its {scan.lines:,} lines is a valid Criteo row: "
                 f"{_bad_summary(scan.bad_counts, scan.bad_lines)}; pass the raw labelled train.txt"
             )
+        check_split_rows(scan.split_rows, str(path))
         encoders = [FieldEncoder.fit(counts, min_count, hex_codes=not sign)
                     for counts, sign in zip(scan.counter.counts, scan.counter.signed)]
         with StoreWriter(out, _schema(encoders, dense), "criteo", chunk_size, overwrite) as writer:

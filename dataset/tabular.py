@@ -29,7 +29,7 @@ import pandas as pd
 
 from dataset.raw import InputError, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, parse_split
+from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
 from dataset.store import StoreExistsError, StoreWriter
 from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
@@ -341,6 +341,7 @@ def preprocess_frame(df: pd.DataFrame, out_path: str | os.PathLike, *, dataset: 
     if Path(out_path).exists() and not overwrite:
         raise StoreExistsError(f"store {out_path} already exists; pass --overwrite to replace it")
     split = assign_splits(len(df), split_ratios, seed, predefined_split)
+    check_split_rows(np.bincount(split, minlength=len(SPLITS)).tolist(), f"{dataset} input ({len(df):,} rows)")
     enc = encode_frame(df, split, sparse_cols=sparse_cols, dense_cols=dense_cols, label_cols=label_cols,
                        min_count=min_count, dense=dense, num_buckets=num_buckets)
     meta = write_store(enc, out_path, dataset=dataset, seed=seed, chunk_size=chunk_size, overwrite=overwrite,

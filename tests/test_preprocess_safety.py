@@ -60,6 +60,10 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
 # ------------------------------------------------------------ 5. bad input and --out: one line, no traceback
 
 
@@ -91,6 +95,38 @@ def test_damaged_gzip_input_is_one_line(tmp_path, capsys, dataset, kind):
         assert re.fullmatch(rf"error: input {bad} is a damaged gzip file \(.+\); copy or download it again, "
                             r"then pass it with --input", error_line(err)), err
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob("s.*"))
+
+
+# ------------------------------------------------------------------- 6. every split gets rows, or no store
+
+
+@pytest.mark.parametrize("split", ["nan,1,1", "inf,1,1", "8,-1,1", "8,1,0", "8,0,1", "0,1,1", "8,1", "a,b,c"])
+@pytest.mark.parametrize("dataset", ["criteo", "census"])
+def test_split_must_give_every_split_rows(tmp_path, capsys, split, dataset):
+    raw = criteo_rows(tmp_path / "rows.txt") if dataset == "criteo" else CENSUS_GZ
+    code, err = run_cli([dataset, "--input", str(raw), "--out", str(tmp_path / "s"), "--split", split], capsys)
+    assert code == 2 and error_line(err) == (
+        f"error: --split must be three positive numbers train,valid,test (every split needs rows: train.py needs "
+        f"valid rows for early stopping and test rows for the final score), got {split!r}")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("dataset", ["criteo", "census"])
+def test_a_split_left_without_rows_is_refused(tmp_path, capsys, dataset):
+    raw = tmp_path / "rows.txt"
+    if dataset == "criteo":
+        criteo_rows(raw, 20)
+    else:
+        with gzip.open(CENSUS_GZ, "rb") as f:
+            raw.write_bytes(b"".join(f.readline() for _ in range(20)))
+    code, err = run_cli([dataset, "--input", str(raw), "--out", str(tmp_path / "s"), "--split", "1000,1,1",
+                         "--min-count", "1"], capsys)
+    source = str(raw) if dataset == "criteo" else "census input (20 rows)"
+    assert code == 2 and re.fullmatch(
+        rf"error: {re.escape(source)}: split valid and test got no rows \(train 20, valid 0, test 0\); every split "
+        r"needs rows \(train.py needs valid rows for early stopping and test rows for the final score\): give more "
+        r"rows or raise its part of --split", error_line(err)), err
+    assert listing(tmp_path) == ["rows.txt"]
 
 
 # --------------------------------------------------------------- 7. a UTF-8 byte-order mark costs no row
