@@ -65,7 +65,7 @@ from tqdm import tqdm
 from dataset.raw import InputError, is_gzip, open_raw
 from dataset.schema import Schema
 from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
-from dataset.store import StoreExistsError, StoreWriter
+from dataset.store import StoreWriter, check_out, scratch_dir
 from dataset.synthetic import write_synthetic_criteo
 from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
@@ -727,18 +727,16 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
 
     Returns the store's metadata record (schema, rows per split, ``options``, ``stats`` with skipped rows).
     Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, an empty split, or
-    (``strict``) the first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` exists and not ``overwrite``.
+    (``strict``) the first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` is a store and not
+    ``overwrite``, :class:`~dataset.store.OutPathError` if it is anything else (see
+    :func:`~dataset.store.check_out`).
     """
     start = time.perf_counter()
     path, out = Path(input_path), Path(out_path)
     ratios = _check_options(path, min_count, dense, split, chunk_size)
+    check_out(out, overwrite, inputs=[path])
     _keep_freed_memory()
-    if out.exists() and not overwrite:
-        raise StoreExistsError(f"store {out} already exists; pass --overwrite to replace it")
-    stale = sorted(str(p) for p in out.parent.glob(f"{out.name}.tmp-*"))
-    if stale:
-        print(f"note: {', '.join(stale)} left by an interrupted run; delete them once no preprocess is running")
-    bucket_dir = out.with_name(f"{out.name}.tmp-{os.getpid()}-buckets")
+    bucket_dir = scratch_dir(out)
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="criteo")
     try:
         scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool)

@@ -30,7 +30,7 @@ import pandas as pd
 from dataset.raw import InputError, open_raw
 from dataset.schema import Schema
 from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
-from dataset.store import StoreExistsError, StoreWriter
+from dataset.store import StoreWriter, check_out
 from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
 DENSE_TRANSFORMS = ("numeric", "bucketize")
@@ -338,8 +338,7 @@ def preprocess_frame(df: pd.DataFrame, out_path: str | os.PathLike, *, dataset: 
     Prints a summary; -> the store metadata (see ``dataset/store.py``).
     """
     start = time.perf_counter()
-    if Path(out_path).exists() and not overwrite:
-        raise StoreExistsError(f"store {out_path} already exists; pass --overwrite to replace it")
+    check_out(out_path, overwrite)
     split = assign_splits(len(df), split_ratios, seed, predefined_split)
     check_split_rows(np.bincount(split, minlength=len(SPLITS)).tolist(), f"{dataset} input ({len(df):,} rows)")
     enc = encode_frame(df, split, sparse_cols=sparse_cols, dense_cols=dense_cols, label_cols=label_cols,
