@@ -6,7 +6,7 @@
 Each subcommand lives in its dataset/ module, which provides ``add_arguments(parser)`` and
 ``main(args) -> int``; this file parses flags, checks the common ones before any work (``--split``, and
 ``--out`` with dataset/store.py's ``check_out``: --overwrite replaces only a store), dispatches, and turns
-the errors a user can act on into one ``error:`` line (exit 2: bad input or flags).
+the errors a user can act on into one ``error:`` line: exit 2 for bad input or flags, 1 for a full disk.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 
 from dataset.raw import InputError
 from dataset.split import parse_split
-from dataset.store import StoreExistsError, check_out
+from dataset.store import OutOfSpaceError, StoreExistsError, check_out
 
 SUBCOMMANDS = {
     "criteo": "dataset.criteo",
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, StoreExistsError) as e:  # OutPathError is an InputError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OutOfSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ from tqdm import tqdm
 from dataset.raw import InputError, is_gzip, open_raw
 from dataset.schema import Schema
 from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
-from dataset.store import StoreWriter, check_out, scratch_dir
+from dataset.store import StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
 from dataset.synthetic import write_synthetic_criteo
 from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
@@ -455,10 +455,14 @@ class _Scan:
     buckets: _Buckets
 
 
+def _estimated_rows(path: Path) -> int:
+    """Rows in a Criteo file, from its size (gzip assumed 4x compressed), rounded up."""
+    return math.ceil(path.stat().st_size * (4 if is_gzip(path) else 1) / 200)  # a row is about 240 bytes of text
+
+
 def _n_buckets(path: Path) -> int:
-    """Buckets for about BUCKET_BYTES of records each, from the input size (gzip assumed 4x compressed)."""
-    est_rows = path.stat().st_size * (4 if is_gzip(path) else 1) / 200  # a Criteo row is about 240 bytes of text
-    return int(min(MAX_BUCKETS, max(1, math.ceil(est_rows * RECORD.itemsize / BUCKET_BYTES))))
+    """Buckets for about BUCKET_BYTES of records each, from the input size."""
+    return int(min(MAX_BUCKETS, max(1, math.ceil(_estimated_rows(path) * RECORD.itemsize / BUCKET_BYTES))))
 
 
 def _records(rows: Rows, dense: str) -> np.ndarray:
@@ -729,7 +733,7 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
     Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, an empty split, or
     (``strict``) the first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` is a store and not
     ``overwrite``, :class:`~dataset.store.OutPathError` if it is anything else (see
-    :func:`~dataset.store.check_out`).
+    :func:`~dataset.store.check_out`); :class:`~dataset.store.OutOfSpaceError` if the disk fills up.
     """
     start = time.perf_counter()
     path, out = Path(input_path), Path(out_path)
@@ -739,7 +743,17 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
     bucket_dir = scratch_dir(out)
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="criteo")
     try:
-        scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool)
+        try:
+            scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool)
+        except OSError as e:
+            reason = space_failure(e, bucket_dir)
+            if not reason:
+                raise
+            shutil.rmtree(bucket_dir, ignore_errors=True)
+            rows = _estimated_rows(path)
+            raise out_of_space(reason, bucket_dir, f"the shuffle buckets need about "
+                               f"{human_size(rows * RECORD.itemsize)} (about {rows:,} rows x {RECORD.itemsize} "
+                               f"bytes)") from None
         if not sum(scan.split_rows):
             raise InputError(
                 f"{path}: none of its {scan.lines:,} lines is a valid Criteo row: "
@@ -748,7 +762,8 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
         check_split_rows(scan.split_rows, str(path))
         encoders = [FieldEncoder.fit(counts, min_count, hex_codes=not sign)
                     for counts, sign in zip(scan.counter.counts, scan.counter.signed)]
-        with StoreWriter(out, _schema(encoders, dense), "criteo", chunk_size, overwrite) as writer:
+        with StoreWriter(out, _schema(encoders, dense), "criteo", chunk_size, overwrite,
+                         expected_rows=sum(scan.split_rows)) as writer:
             writer.meta["options"] = {"input": path.name, "min_count": min_count, "dense": dense,
                                       "split": list(ratios), "seed": seed, "chunk_size": chunk_size}
             writer.meta["stats"] = {"lines": scan.lines, "rows": sum(scan.split_rows),

@@ -29,6 +29,7 @@ import errno
 import json
 import os
 import re
+import resource
 import shutil
 import sys
 from pathlib import Path
@@ -92,11 +93,15 @@ class StoreWriter:
         chunk_size: int = 8192,
         overwrite: bool = False,
         commit_every: int = 64,
+        expected_rows: int | None = None,
     ) -> None:
-        """``overwrite``: replace a store already at ``path`` (never anything else: see :func:`check_out`)."""
+        """``overwrite``: replace a store already at ``path`` (never anything else: see :func:`check_out`).
+        ``expected_rows``: the rows that will be added, if known; a full disk is then reported with the
+        space the store needs."""
         self.path = Path(path)
         check_out(self.path, overwrite)
         self.overwrite = overwrite
+        self.expected_rows = expected_rows
         self.schema = schema
         self.chunk_size = int(chunk_size)
         self.commit_every = commit_every
@@ -108,7 +113,10 @@ class StoreWriter:
             self._tmp.parent.mkdir(parents=True, exist_ok=True)
             self._env = lmdb.open(str(self._tmp), map_size=_MAP_SIZE, subdir=True, sync=False, metasync=False)
         except (OSError, lmdb.Error) as e:
+            reason = space_failure(e, self._tmp)
             shutil.rmtree(self._tmp, ignore_errors=True)
+            if reason:
+                raise out_of_space(reason, self._tmp, self._need()) from None
             raise OutPathError(f"cannot create the store {self._tmp}: {e}; pass an --out in a writable directory") \
                 from None
         self._txn = self._env.begin(write=True)
@@ -181,17 +189,32 @@ class StoreWriter:
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
+    def _need(self) -> str:
+        """The space the store needs, in words (stored values are 4 bytes each: see encode_chunk)."""
+        row_bytes = 4 * (self.schema.num_sparse + self.schema.num_dense + self.schema.num_tasks)
+        if self.expected_rows is None:
+            return f"the store needs {row_bytes} bytes per row"
+        return (f"the store needs about {human_size(self.expected_rows * row_bytes)} "
+                f"({self.expected_rows:,} rows x {row_bytes} bytes)")
+
+    def _fail(self, e: BaseException) -> None:
+        """Remove the partial store; a full disk becomes an :class:`OutOfSpaceError` saying how much is needed."""
+        reason = space_failure(e, self._tmp)  # judged before the partial store is removed: that frees space
+        self.abort()
+        if reason:
+            raise out_of_space(reason, self._tmp, self._need()) from None
+
     def __enter__(self) -> "StoreWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self.abort()
+            self._fail(exc)
             return
         try:
             self.close()
-        except BaseException:  # another run's store took the place, ...: leave nothing behind
-            self.abort()
+        except BaseException as e:
+            self._fail(e)
             raise
 
 
@@ -296,12 +319,18 @@ class StoreReader:
 
 LMDB_FILES = ("data.mdb", "lock.mdb")  # every file LMDB writes in a store's directory
 _LEFTOVER = r"\.(tmp|old)-(\d+)(-buckets)?"
+_FULL_BELOW = 64 << 20  # free bytes under which a failed write is put down to a full disk
 _RENAME_NOREPLACE = 1  # renameat2 flag (linux/fs.h)
 _AT_FDCWD = -100
 
 
 class OutPathError(InputError):
     """``--out`` names a path where no store may be written; the message names it and the fix."""
+
+
+class OutOfSpaceError(RuntimeError):
+    """The disk filled up (or the file-size limit was reached) while writing; the message names the path,
+    the space needed and the fix. Whatever the run was writing has been removed."""
 
 
 def scratch_dir(path: str | os.PathLike) -> Path:
@@ -479,3 +508,48 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
         shutil.rmtree(old)
         if placed:
             return
+
+
+def space_failure(e: BaseException, path: str | os.PathLike) -> str | None:
+    """If ``e``, raised while writing under ``path``, means the disk is full or the file-size limit
+    (``ulimit -f``) was reached, say which; None for any other error. LMDB reports both as a plain I/O error
+    (a short write), so they are told apart by the free space and the limit. Call it before removing the
+    partial output: that frees the space."""
+    io_codes = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+    if not (isinstance(e, OSError) and e.errno in io_codes or isinstance(e, lmdb.DiskError)
+            or isinstance(e, lmdb.Error) and "Input/output error" in str(e)):
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if isinstance(e, OSError) and e.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
+        return f"the file-size limit (ulimit -f) of {human_size(limit)} was reached"
+    if shutil.disk_usage(_existing(Path(path))).free < _FULL_BELOW:
+        return "the disk is full"
+    if limit != resource.RLIM_INFINITY:
+        return f"the file-size limit (ulimit -f) of {human_size(limit)} was reached"
+    return None
+
+
+def out_of_space(reason: str, path: str | os.PathLike, need: str) -> OutOfSpaceError:
+    """The one-line error for :func:`space_failure`'s ``reason``, once the partial output is removed."""
+    free = shutil.disk_usage(_existing(Path(path))).free
+    fix = "raise it (ulimit -f unlimited)" if "ulimit" in reason else "free some space"
+    return OutOfSpaceError(f"{reason} while writing {path}: {need}, and {human_size(free)} are free there; "
+                           f"removed what was written; {fix} or pass an --out on a disk with room")
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def human_size(n: float) -> str:
+    """A byte count in words: 512 bytes, 4.2 MB, 1.3 GB."""
+    if n < 1000:
+        return f"{int(n)} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            break
+    return f"{n:,.1f} {unit}"

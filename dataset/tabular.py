@@ -316,7 +316,8 @@ def label_rates(enc: EncodedTable) -> dict[str, dict[str, float | None]]:
 def write_store(enc: EncodedTable, out_path: str | os.PathLike, *, dataset: str, seed: int, chunk_size: int,
                 overwrite: bool, options: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     """Shuffle each split with ``default_rng([seed, split index])`` and write it; -> the store metadata."""
-    with StoreWriter(out_path, enc.schema, dataset=dataset, chunk_size=chunk_size, overwrite=overwrite) as w:
+    with StoreWriter(out_path, enc.schema, dataset=dataset, chunk_size=chunk_size, overwrite=overwrite,
+                     expected_rows=len(enc.split)) as w:
         for i, name in enumerate(SPLITS):
             rows = np.random.default_rng([seed, i]).permutation(np.flatnonzero(enc.split == i))
             w.add(name, enc.sparse[rows], enc.dense[rows], enc.label[rows])

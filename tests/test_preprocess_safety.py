@@ -144,6 +144,15 @@ store.StoreWriter.add = add_then_stop
 sys.exit(preprocess.main(sys.argv[2:]))
 """
 
+# Runs preprocess.py's main with every shuffle bucket spilled to disk (SPILL_BYTES = 0).
+SPILLING = """
+import sys
+import preprocess
+from dataset import criteo
+criteo.SPILL_BYTES = 0
+sys.exit(preprocess.main(sys.argv[1:]))
+"""
+
 
 def can_mount() -> str | None:
     """None if this process can mount a tmpfs in a private mount namespace, else why not."""
@@ -329,6 +338,48 @@ def test_overwrite_killed_mid_replacement_loses_nothing(tmp_path, capsys, moment
         assert f"note: removed {aside}, left by preprocessing process {proc.pid}, which is no longer running" in err
         assert StoreReader(out).meta["options"]["seed"] == 2  # the new store, which had made it in
     assert listing(tmp_path) == ["rows.txt", "rows2000.txt", "s"]
+
+
+# ----------------------------------------------------- 3. a full disk: one line, the space needed, no leftovers
+
+
+@pytest.mark.parametrize("phase", ["store", "shuffle buckets"])
+def test_full_disk_says_how_much_is_needed_and_frees_what_it_wrote(tmp_path, phase):
+    why = can_mount()
+    if why:
+        pytest.skip(why)
+    raw, mount = criteo_rows(tmp_path / "rows.txt"), tmp_path / "small"
+    argv = ["criteo", "--input", str(raw), "--out", str(mount / "s")]
+    # 2,000 rows: a 320 KB store (160 bytes a row), or 328 KB of spilled shuffle buckets, on a 192 KB disk
+    code, err, left = in_tmpfs(mount, "size=192k", argv, None if phase == "store" else SPILLING)
+    line = error_line(err)
+    assert code == 1 and left == [], err
+    if phase == "store":
+        assert re.fullmatch(rf"error: the disk is full while writing {mount}/s\.tmp-\d+: the store needs about "
+                            r"320\.0 KB \(2,000 rows x 160 bytes\), and 196\.6 KB are free there; removed what was "
+                            r"written; free some space or pass an --out on a disk with room", line), line
+    else:
+        assert re.fullmatch(rf"error: the disk is full while writing {mount}/s\.tmp-\d+-buckets: the shuffle "
+                            r"buckets need about [\d.]+ KB \(about [\d,]+ rows x 164 bytes\), and 196\.6 KB are "
+                            r"free there; .*", line), line
+
+
+def test_file_size_limit_says_so_and_frees_what_it_wrote(tmp_path):
+    raw, out = criteo_rows(tmp_path / "rows.txt"), tmp_path / "s"
+
+    def limit_file_size() -> None:  # in the child: a 100 KB file-size limit, reported as EFBIG, not SIGXFSZ
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = subprocess.run([sys.executable, "preprocess.py", "criteo", "--input", str(raw), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=60)
+    line = error_line(proc.stderr)
+    assert proc.returncode == 1
+    assert re.fullmatch(rf"error: the file-size limit \(ulimit -f\) of 100\.0 KB was reached while writing "
+                        rf"{out}\.tmp-\d+: the store needs about 320\.0 KB \(2,000 rows x 160 bytes\), and [\d.]+ "
+                        r"[KMGT]B are free there; removed what was written; raise it \(ulimit -f unlimited\) or "
+                        r"pass an --out on a disk with room", line), line
+    assert listing(tmp_path) == ["rows.txt"]
 
 
 # ------------------------------------------------------------ 4. what a killed run leaves, the next one removes
