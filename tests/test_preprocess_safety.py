@@ -311,6 +311,26 @@ def test_two_overwrite_runs_leave_one_whole_store(tmp_path):
     assert listing(tmp_path) == ["rows.txt", "rows2000.txt", "s"]
 
 
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_moving_a_store_in_never_replaces_what_is_there(tmp_path, monkeypatch, renameat2):
+    from dataset import store
+    def no_c_library(*args, **kwargs):
+        raise OSError("no C library here")
+
+    if not renameat2:  # where renameat2 is missing, the exclusive os.mkdir claim does the job
+        monkeypatch.setattr(store.ctypes, "CDLL", no_c_library)
+    new, there = tmp_path / "new", tmp_path / "there"
+    new.mkdir()
+    (new / "data.mdb").write_bytes(b"new")
+    there.mkdir()  # an empty directory, which os.rename would replace without a word
+    with pytest.raises(FileExistsError):
+        store._rename_noreplace(new, there)
+    assert listing(there) == [] and (new / "data.mdb").read_bytes() == b"new"
+    there.rmdir()
+    store._rename_noreplace(new, there)
+    assert not new.exists() and (there / "data.mdb").read_bytes() == b"new"
+
+
 @pytest.mark.parametrize("moment", ["old moved aside", "new moved in"])
 def test_overwrite_killed_mid_replacement_loses_nothing(tmp_path, capsys, moment):
     raw, out = criteo_rows(tmp_path / "rows.txt"), tmp_path / "s"
