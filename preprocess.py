@@ -4,13 +4,19 @@
     python preprocess.py census --input ../shared/data/census/census-income.test.gz
 
 Each subcommand lives in its dataset/ module, which provides ``add_arguments(parser)`` and
-``main(args) -> int``; this file only parses flags and dispatches.
+``main(args) -> int``; this file parses flags, checks the common ones before any work (``--split``, and
+``--out`` with dataset/store.py's ``check_out``: --overwrite replaces only a store), dispatches, and turns
+the errors a user can act on into one ``error:`` line: exit 2 for bad input or flags, 1 for a full disk.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from dataset.raw import InputError
+from dataset.split import parse_split
+from dataset.store import OutOfSpaceError, StoreExistsError, check_out
 
 SUBCOMMANDS = {
     "criteo": "dataset.criteo",
@@ -25,7 +31,8 @@ def common_arguments() -> argparse.ArgumentParser:
     """Flags every dataset takes."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--out", default=None, help="store directory (default: data/<dataset>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the store at --out (only a store written by preprocess.py, nothing else)")
     p.add_argument("--min-count", type=int, default=10, help="values seen fewer times in train map to OOV")
     p.add_argument("--split", default="8,1,1", help="train,valid,test ratios (default 8,1,1)")
     p.add_argument("--seed", type=int, default=2018, help="seed of the split and the write-time shuffle")
@@ -54,7 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = f"data/{args.dataset}"
-    return args._main(args)
+    inputs = [value for name, value in sorted(vars(args).items()) if name.endswith("input") and value]
+    try:
+        try:
+            parse_split(args.split)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        check_out(args.out, args.overwrite, inputs)
+        return args._main(args)
+    except (InputError, StoreExistsError) as e:  # OutPathError is an InputError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OutOfSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

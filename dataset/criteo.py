@@ -5,7 +5,8 @@
 
 Input: one row per line, tab-separated, no header: ``click I1..I13 C1..C26`` (40 columns); ``click`` is 0/1,
 ``I*`` are integers (may be empty or negative), ``C*`` are 8 lowercase hex digits (may be empty). Plain or
-gzip (detected from the magic bytes). Lines ending in ``\\r\\n`` are accepted.
+gzip (detected from the magic bytes). Lines ending in ``\\r\\n`` are accepted, and so is a UTF-8
+byte-order mark before the first row.
 
 Output (see dataset/store.py): label ``click``; sparse fields ``C1..C26`` with ids from
 :class:`~dataset.vocab.Vocabulary` fitted on the train split only (0 = OOV or rarer than ``--min-count``,
@@ -50,7 +51,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,8 +64,8 @@ from tqdm import tqdm
 
 from dataset.raw import InputError, is_gzip, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, parse_split
-from dataset.store import StoreExistsError, StoreWriter
+from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
+from dataset.store import StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
 from dataset.synthetic import write_synthetic_criteo
 from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
@@ -455,10 +455,14 @@ class _Scan:
     buckets: _Buckets
 
 
+def _estimated_rows(path: Path) -> int:
+    """Rows in a Criteo file, from its size (gzip assumed 4x compressed), rounded up."""
+    return math.ceil(path.stat().st_size * (4 if is_gzip(path) else 1) / 200)  # a row is about 240 bytes of text
+
+
 def _n_buckets(path: Path) -> int:
-    """Buckets for about BUCKET_BYTES of records each, from the input size (gzip assumed 4x compressed)."""
-    est_rows = path.stat().st_size * (4 if is_gzip(path) else 1) / 200  # a Criteo row is about 240 bytes of text
-    return int(min(MAX_BUCKETS, max(1, math.ceil(est_rows * RECORD.itemsize / BUCKET_BYTES))))
+    """Buckets for about BUCKET_BYTES of records each, from the input size."""
+    return int(min(MAX_BUCKETS, max(1, math.ceil(_estimated_rows(path) * RECORD.itemsize / BUCKET_BYTES))))
 
 
 def _records(rows: Rows, dense: str) -> np.ndarray:
@@ -726,30 +730,40 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
     """Raw Criteo TSV (plain or gzip) -> LMDB store at ``out_path`` (see the module docstring).
 
     Returns the store's metadata record (schema, rows per split, ``options``, ``stats`` with skipped rows).
-    Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, or (``strict``) the
-    first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` exists and not ``overwrite``.
+    Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, an empty split, or
+    (``strict``) the first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` is a store and not
+    ``overwrite``, :class:`~dataset.store.OutPathError` if it is anything else (see
+    :func:`~dataset.store.check_out`); :class:`~dataset.store.OutOfSpaceError` if the disk fills up.
     """
     start = time.perf_counter()
     path, out = Path(input_path), Path(out_path)
     ratios = _check_options(path, min_count, dense, split, chunk_size)
+    check_out(out, overwrite, inputs=[path])
     _keep_freed_memory()
-    if out.exists() and not overwrite:
-        raise StoreExistsError(f"store {out} already exists; pass --overwrite to replace it")
-    stale = sorted(str(p) for p in out.parent.glob(f"{out.name}.tmp-*"))
-    if stale:
-        print(f"note: {', '.join(stale)} left by an interrupted run; delete them once no preprocess is running")
-    bucket_dir = out.with_name(f"{out.name}.tmp-{os.getpid()}-buckets")
+    bucket_dir = scratch_dir(out)
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="criteo")
     try:
-        scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool)
+        try:
+            scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool)
+        except OSError as e:
+            reason = space_failure(e, bucket_dir)
+            if not reason:
+                raise
+            shutil.rmtree(bucket_dir, ignore_errors=True)
+            rows = _estimated_rows(path)
+            raise out_of_space(reason, bucket_dir, f"the shuffle buckets need about "
+                               f"{human_size(rows * RECORD.itemsize)} (about {rows:,} rows x {RECORD.itemsize} "
+                               f"bytes)") from None
         if not sum(scan.split_rows):
             raise InputError(
                 f"{path}: none of its {scan.lines:,} lines is a valid Criteo row: "
                 f"{_bad_summary(scan.bad_counts, scan.bad_lines)}; pass the raw labelled train.txt"
             )
+        check_split_rows(scan.split_rows, str(path))
         encoders = [FieldEncoder.fit(counts, min_count, hex_codes=not sign)
                     for counts, sign in zip(scan.counter.counts, scan.counter.signed)]
-        with StoreWriter(out, _schema(encoders, dense), "criteo", chunk_size, overwrite) as writer:
+        with StoreWriter(out, _schema(encoders, dense), "criteo", chunk_size, overwrite,
+                         expected_rows=sum(scan.split_rows)) as writer:
             writer.meta["options"] = {"input": path.name, "min_count": min_count, "dense": dense,
                                       "split": list(ratios), "seed": seed, "chunk_size": chunk_size}
             writer.meta["stats"] = {"lines": scan.lines, "rows": sum(scan.split_rows),
@@ -787,19 +801,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the subcommand (preprocess.py has checked --out and prints the errors)."""
     try:
-        try:
-            ratios = parse_split(args.split)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        if args.synthetic is not None and args.input is not None:
-            raise InputError("pass either --input or --synthetic N, not both")
-        if args.synthetic is not None and args.synthetic < 1:
-            raise InputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
-        path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
-        preprocess_criteo(path, args.out, min_count=args.min_count, dense=args.dense, split=ratios, seed=args.seed,
-                          chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict)
-    except (InputError, StoreExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        ratios = parse_split(args.split)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if args.synthetic is not None and args.input is not None:
+        raise InputError("pass either --input or --synthetic N, not both")
+    if args.synthetic is not None and args.synthetic < 1:
+        raise InputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
+    path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
+    preprocess_criteo(path, args.out, min_count=args.min_count, dense=args.dense, split=ratios, seed=args.seed,
+                      chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict)
     return 0

@@ -383,4 +383,5 @@ def test_killed_run_leaves_no_loadable_store_and_a_rerun_succeeds(tmp_path, caps
         StoreReader(out)
     meta = preprocess_criteo(path, out, progress=False)
     assert StoreReader(out).meta == meta and meta["stats"]["rows"] == 8000
-    assert "left by an interrupted run" in capsys.readouterr().out  # the leftovers are pointed out
+    assert "which is no longer running" in capsys.readouterr().err  # the leftovers are removed, and said so
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
