@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "aliexpress": "dataset.aliexpress",
     "aliccp": "dataset.aliccp",
     "libfm": "dataset.libfm",
+    "frappe": "dataset.frappe",
 }
 
 
