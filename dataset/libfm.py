@@ -96,6 +96,7 @@ SPILL_BYTES = 256 << 20  # bucket records held in memory before they are appende
 MAX_LINE_BYTES = 64 << 20  # a longer line is not libFM text (and would have to be held whole)
 INDEX_DIGITS = 10
 MAX_INDEX = (1 << 31) - 1  # indices are stored as int32
+TABLE_MAX = 1 << 24  # fields with a narrower index range encode through a lookup table (int32 each)
 
 _SPACE = np.zeros(256, dtype=bool)
 _SPACE[[ord(" "), ord("\t"), ord("\r"), ord("\n")]] = True
@@ -292,9 +293,9 @@ class Block:
     lines: Lines
 
 
-def read_blocks(paths: Sequence[Path], block_bytes: int, bar: tqdm | None = None) -> Iterator[Block]:
-    """The input files as one stream of tokenized blocks of whole lines (a last line without its newline
-    gets one)."""
+def _text_blocks(paths: Sequence[Path], block_bytes: int, bar: tqdm | None) -> Iterator[tuple[int, int, bytes]]:
+    """(file number, its first line number, whole lines of text ending with ``\\n``) for the files in turn; a
+    last line without its newline gets one."""
     for number, path in enumerate(paths):
         stream, raw = open_raw(path)
         line, tail, done = 1, b"", 0
@@ -306,7 +307,7 @@ def read_blocks(paths: Sequence[Path], block_bytes: int, bar: tqdm | None = None
                     done = raw.tell()
                 if not data:
                     if tail:
-                        yield Block(number, line, tail + b"\n", tokenize(tail + b"\n"))
+                        yield number, line, tail + b"\n"
                     break
                 data = tail + data
                 cut = data.rfind(b"\n") + 1
@@ -317,8 +318,14 @@ def read_blocks(paths: Sequence[Path], block_bytes: int, bar: tqdm | None = None
                     tail = data
                     continue
                 text, tail = data[:cut], data[cut:]
-                yield Block(number, line, text, tokenize(text))
+                yield number, line, text
                 line += text.count(b"\n")
+
+
+def read_blocks(paths: Sequence[Path], block_bytes: int, bar: tqdm | None = None) -> Iterator[Block]:
+    """The input files as one stream of tokenized blocks of whole lines, in order."""
+    for number, line, text in _text_blocks(paths, block_bytes, bar):
+        yield Block(number, line, text, tokenize(text))
 
 
 # -------------------------------------------------------------------------------------------------- fields
@@ -581,22 +588,32 @@ def _count_bad(scan: Scan, block: Block, paths: Sequence[Path], kind: np.ndarray
 @dataclass
 class FieldEncoder:
     """One field's vocabulary, plus a lookup on integer indices that gives the ids ``vocab.encode`` gives
-    their decimal strings: ``codes`` the kept indices ascending, ``ids`` their ids."""
+    their decimal strings: ``codes`` the kept indices ascending, ``ids`` their ids. For a field whose index
+    range is at most ``TABLE_MAX`` wide, ``table[index - lo]`` is the id of every index in the range."""
 
     vocab: Vocabulary
     codes: np.ndarray
     ids: np.ndarray
+    lo: int
+    table: np.ndarray | None
 
     @classmethod
-    def fit(cls, indices: np.ndarray, counts: np.ndarray, min_count: int) -> "FieldEncoder":
-        """``indices`` ascending with their train counts."""
+    def fit(cls, indices: np.ndarray, counts: np.ndarray, min_count: int, lo: int, hi: int) -> "FieldEncoder":
+        """``indices`` ascending with their train counts; ``lo..hi`` the field's index range."""
         kept = indices[counts >= min_count]
         strings = [str(i) for i in kept.tolist()]
         vocab = Vocabulary(strings)
-        return cls(vocab, kept, vocab.encode(np.array(strings, dtype=object)))
+        ids = vocab.encode(np.array(strings, dtype=object))
+        table = None
+        if hi - lo < TABLE_MAX:
+            table = np.zeros(hi - lo + 1, dtype=np.int32)  # OOV unless kept
+            table[kept - lo] = ids
+        return cls(vocab, kept, ids, lo, table)
 
     def encode(self, index: np.ndarray) -> np.ndarray:
-        """Indices [n] -> ids int32 [n] (0: not kept)."""
+        """Indices [n], all inside the field's range -> ids int32 [n] (0: not kept)."""
+        if self.table is not None:
+            return self.table[index - self.lo]
         if not len(self.codes):
             return np.zeros(len(index), dtype=np.int32)
         pos = np.minimum(np.searchsorted(self.codes, index), len(self.codes) - 1)
@@ -606,11 +623,11 @@ class FieldEncoder:
         return len(self.vocab)
 
 
-def fit_encoders(train: Tally, n_fields: int, min_count: int) -> list[FieldEncoder]:
+def fit_encoders(train: Tally, layout: FieldLayout, min_count: int) -> list[FieldEncoder]:
     """Per field, the vocabulary of its train indices (keys ``field << 32 | index``, sorted)."""
-    bounds = np.searchsorted(train.keys, np.arange(n_fields + 1, dtype=np.int64) << 32)
-    return [FieldEncoder.fit(train.keys[lo:hi] & 0xFFFFFFFF, train.counts[lo:hi], min_count)
-            for lo, hi in zip(bounds[:-1], bounds[1:])]
+    bounds = np.searchsorted(train.keys, np.arange(len(layout) + 1, dtype=np.int64) << 32)
+    return [FieldEncoder.fit(train.keys[start:end] & 0xFFFFFFFF, train.counts[start:end], min_count, lo, hi)
+            for start, end, lo, hi in zip(bounds[:-1], bounds[1:], layout.lo, layout.hi)]
 
 
 def write_rows(buckets: Buckets, encoders: list[FieldEncoder], writer: StoreWriter, seed: int) -> None:
@@ -705,7 +722,7 @@ def preprocess_libfm(inputs: Sequence[str | os.PathLike], out_path: str | os.Pat
                              f"each field ({layout.spec()}): {_bad_summary(scan)}; check --input and --fields")
         if not scan.rows[0]:
             raise InputError("the train split is empty: give more rows or a larger train share in --split")
-        encoders = fit_encoders(scan.train, len(layout), min_count)
+        encoders = fit_encoders(scan.train, layout, min_count)
         schema = Schema(layout.names, [len(e) for e in encoders], (), (LABEL,), user_field=user_field)
         with StoreWriter(out, schema, dataset, chunk_size, overwrite) as writer:
             for name, enc, lo, hi in zip(layout.names, encoders, layout.lo, layout.hi):

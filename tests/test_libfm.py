@@ -227,7 +227,7 @@ def test_split_by_file(tiny, tmp_path, capsys):
     assert "three inputs" in capsys.readouterr().err
 
 
-def test_min_count_and_train_only_vocabulary(tmp_path):
+def test_min_count_and_train_only_vocabulary(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     ranges = [(0, 49), (50, 59), (60, 1059)]
     lines = []
@@ -242,6 +242,9 @@ def test_min_count_and_train_only_vocabulary(tmp_path):
     assert (want["train"] == -1).any() and (want["test"] == -1).any()
     kept = [len(np.unique(want["train"][:, j][want["train"][:, j] >= 0])) for j in (1, 2, 3)]
     assert meta["schema"]["vocab_sizes"] == [k + 2 for k in kept]
+    monkeypatch.setattr(libfm, "TABLE_MAX", 100)  # field 3 (1000 indices wide) encodes by binary search
+    preprocess_libfm([tmp_path / "r.libfm"], tmp_path / "searched", min_count=3, split=(0.6, 0.2, 0.2), seed=7)
+    assert (tmp_path / "searched" / "data.mdb").read_bytes() == (tmp_path / "s" / "data.mdb").read_bytes()
 
 
 def test_field_flags_and_ungrouped_indices_are_clear_errors(tmp_path):
