@@ -2,6 +2,7 @@
 the real Frappe files end to end, and loading the store."""
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import re
@@ -211,6 +212,14 @@ def test_several_files_are_one_stream_and_lines_name_their_file(tiny, tmp_path):
     assert meta["options"]["input"] == ["a.libfm", "b.libfm"]
     with pytest.raises(InputError, match=r"b\.libfm:1: a feature index"):
         preprocess_libfm([tmp_path / "b.libfm"], tmp_path / "x", fields="a:0-2,b:3-5,c:6-9", strict=True)
+
+
+def test_gzip_input_gives_the_same_rows(tiny, tmp_path):
+    (tmp_path / "tiny.libfm.gz").write_bytes(gzip.compress(tiny.read_bytes()))
+    meta = preprocess_libfm([tmp_path / "tiny.libfm.gz"], tmp_path / "gz", split=(0.5, 0.3, 0.2))
+    plain = preprocess_libfm([tiny], tmp_path / "plain", split=(0.5, 0.3, 0.2))
+    assert as_lists(stored_rows(tmp_path / "gz")) == as_lists(stored_rows(tmp_path / "plain"))
+    assert meta["stats"]["skipped"] == plain["stats"]["skipped"]
 
 
 def test_split_by_file(tiny, tmp_path, capsys):
