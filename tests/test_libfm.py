@@ -433,9 +433,14 @@ def test_frappe_without_input_says_where_the_files_are(tmp_path, monkeypatch, ca
     assert "../shared/data/frappe/frappe.validation.libfm" in err and "data/raw/frappe" in err
     raw = tmp_path / "data" / "raw" / "frappe"
     raw.mkdir(parents=True)
-    (raw / "frappe.test.libfm").write_bytes(FRAPPE[1].read_bytes()[:20_000])
+    rng = np.random.default_rng(1)  # synthetic rows in Frappe's layout: the real files are never copied
+    ranges = [tuple(r) for r in parse_fields(frappe.FIELD_SPEC)[1].to_dict()["ranges"]]
+    (raw / "frappe.test.libfm").write_text("".join(
+        f"{rng.choice(['1', '-1'])} " + " ".join(f"{rng.integers(lo, hi + 1)}:1" for lo, hi in ranges) + "\n"
+        for _ in range(300)))
     assert cli(["frappe", "--out", "s"]) == 0
-    assert StoreReader(tmp_path / "s").meta["options"]["input"] == ["frappe.test.libfm"]
+    reader = StoreReader(tmp_path / "s")
+    assert reader.meta["options"]["input"] == ["frappe.test.libfm"] and reader.meta["stats"]["rows"] == 300
 
 
 def test_existing_store_needs_overwrite(tiny, tmp_path, capsys):
