@@ -24,6 +24,8 @@ SUBCOMMANDS = {
     "census": "dataset.census",
     "aliexpress": "dataset.aliexpress",
     "aliccp": "dataset.aliccp",
+    "libfm": "dataset.libfm",
+    "frappe": "dataset.frappe",
 }
 
 
@@ -44,7 +46,6 @@ def common_arguments() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset", required=True)
-    common = common_arguments()
     for name, module in SUBCOMMANDS.items():
         try:
             mod = importlib.import_module(module)
@@ -52,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != module:
                 raise
             continue
-        mod.add_arguments(sub.add_parser(name, parents=[common], help=(mod.__doc__ or "").strip().splitlines()[0]))
+        # A fresh parent per subcommand: argparse shares a parent's action objects with every child, so a
+        # dataset's set_defaults(min_count=...) on a shared parent would change every dataset's default.
+        mod.add_arguments(sub.add_parser(name, parents=[common_arguments()],
+                                         help=(mod.__doc__ or "").strip().splitlines()[0]))
         sub.choices[name].set_defaults(_main=mod.main)
     return parser
 
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = f"data/{args.dataset}"
-    inputs = [value for name, value in sorted(vars(args).items()) if name.endswith("input") and value]
+    inputs = [path for name, value in sorted(vars(args).items()) if name.endswith("input") and value
+              for path in (value if isinstance(value, list) else [value])]
     try:
         try:
             parse_split(args.split)

@@ -147,7 +147,7 @@ def test_store_equals_row_by_row_reference(tmp_path, monkeypatch, dense, block_b
     assert schema.labels == ("click",)
     assert (schema.sparse_fields, schema.dense_fields) == ((ints + cats, ()) if dense == "bucketize" else (cats, ints))
     assert meta["options"] == {"input": "raw.txt", "min_count": 3, "dense": dense, "split": [0.8, 0.1, 0.1],
-                               "seed": 2018, "chunk_size": 64}
+                               "seed": 2018, "chunk_size": 64, "hashed": {}}
 
 
 def test_gzip_input_gives_the_same_rows(tmp_path):
