@@ -37,7 +37,6 @@ def common_arguments() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset", required=True)
-    common = common_arguments()
     for name, module in SUBCOMMANDS.items():
         try:
             mod = importlib.import_module(module)
@@ -45,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != module:
                 raise
             continue
-        mod.add_arguments(sub.add_parser(name, parents=[common], help=(mod.__doc__ or "").strip().splitlines()[0]))
+        # A fresh parent per subcommand: argparse shares a parent's action objects with every child, so a
+        # dataset's set_defaults(min_count=...) on a shared parent would change every dataset's default.
+        mod.add_arguments(sub.add_parser(name, parents=[common_arguments()],
+                                         help=(mod.__doc__ or "").strip().splitlines()[0]))
         sub.choices[name].set_defaults(_main=mod.main)
     return parser
 
