@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "aliexpress": "dataset.aliexpress",
     "aliccp": "dataset.aliccp",
     "amazon": "dataset.amazon",
+    "synthetic_behaviour": "dataset.synthetic_behaviour",
 }
 
 
