@@ -296,7 +296,6 @@ class Built:
     vocabularies: dict[str, Vocabulary]
     split: np.ndarray
     take: Callable[[np.ndarray], Rows]
-    label: np.ndarray
     stats: dict[str, Any]
 
 
@@ -385,7 +384,7 @@ def build(reviews: Reviews, attributes: dict[int, list[int]], *, max_len: int, m
         "label_rates": label_rates(label, split, (LABEL,), ("binary",)),
     }
     vocabularies = {"user": user_vocab, "item": item_vocab, "cate": cate_vocab, "attr": attr_vocab}
-    return Built(schema, vocabularies, split, take, label, stats)
+    return Built(schema, vocabularies, split, take, stats)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -405,7 +404,8 @@ def preprocess_amazon(input_path: str | Path, attributes_path: str | Path, out: 
     reviews = read_reviews(input_path, strict)
     built = build(reviews, read_attributes(attributes_path), max_len=max_len, max_attrs=max_attrs,
                   min_count=min_count, seed=seed)
-    options = {"input": str(input_path), "attributes": str(attributes_path), "max_len": max_len,
+    # File names, not paths: the same files give the same store wherever they lie.
+    options = {"input": Path(input_path).name, "attributes": Path(attributes_path).name, "max_len": max_len,
                "max_attrs": max_attrs, "min_count": min_count, "seed": seed, "chunk_size": chunk_size}
     meta = write_splits(out, built.schema, "amazon", split_rows(built.split, seed), built.take, chunk_size=chunk_size,
                         overwrite=overwrite, vocabularies=built.vocabularies, options=options, stats=built.stats)

@@ -85,13 +85,17 @@ def rng(seed: int, purpose: str) -> np.random.Generator:
 
 
 def auc(label: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC from average ranks (ties count half); nan without both classes."""
+    """ROC AUC from average ranks (ties count half); NaN without both classes."""
     pos = label > 0.5
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if not n_pos or not n_neg:
         return float("nan")
     ranks = pd.Series(score).rank().to_numpy()
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _finite(x: float) -> float | None:
+    return x if np.isfinite(x) else None  # the metadata is JSON: no NaN
 
 
 def signal_counts(hist_cate: np.ndarray, session: np.ndarray, lengths: np.ndarray,
@@ -242,7 +246,7 @@ def preprocess_synthetic_behaviour(out: str | Path, *, rows: int = 200_000, user
         "signal": "logit = %g + %g * log1p(m) + %g * log1p(r); m = history items in the candidate's category, "
                   "r = those in the latest session" % CLICK,
         "label_rates": label_rates(label, row_split, labels, tasks),
-        "oracle_test_auc": auc(d["click"][test], d["prob"][test]) if test.any() else None,
+        "oracle_test_auc": _finite(auc(d["click"][test], d["prob"][test])),
         "hist_len_mean": float(d["length"].mean()),
         "sessions_per_history_mean": float(sessions.mean()),
         "session_gap_seconds": SESSION_GAP,
@@ -259,7 +263,8 @@ def preprocess_synthetic_behaviour(out: str | Path, *, rows: int = 200_000, user
                         overwrite=overwrite, vocabularies=vocabularies, options=options, stats=stats)
     extra = [f"  {users:,} users, {items:,} items in {cates:,} categories; mean history {stats['hist_len_mean']:.1f} "
              f"behaviours in {stats['sessions_per_history_mean']:.1f} sessions (cut at {SESSION_GAP:.0f} s gaps)",
-             f"  signal: {stats['signal']}; oracle test AUC {stats['oracle_test_auc']:.4f}"]
+             f"  signal: {stats['signal']}; Bayes (oracle) test AUC "
+             + ("-" if stats["oracle_test_auc"] is None else f"{stats['oracle_test_auc']:.4f}")]
     if rating:
         extra.append(f"  rating noise variance {stats['rating_noise_variance']:g} (the best possible test MSE)")
     print(summary(meta, out, time.perf_counter() - start, extra))
