@@ -333,7 +333,7 @@ def build(reviews: Reviews, attributes: dict[int, list[int]], *, max_len: int, m
     attrs, item_attr = _codes_of(items.attrs)
     attr_vocab, attr_ids = fit_codes(attrs, _counts(item_attr[event_item].reshape(-1), len(attrs)), min_count)
     item_cate_id = np.where(item_cate >= 0, cate_ids[item_cate], MISSING_ID).astype(np.int32)  # [I]
-    item_attr_ids = np.where(item_attr >= 0, attr_ids[item_attr], OOV_ID).astype(np.int32)  # [I, A], 0 past length
+    item_attr_ids = np.where(item_attr >= 0, attr_ids[item_attr], 0).astype(np.int32)  # [I, A], 0 (padding) past length
 
     index, hist_len = history_index(t_pos, reviews.offsets[t_user], max_len, pad=len(review_item))  # [T, L]
     # hist_item_id and hist_cate_id side by side, as in the seq block: [T, 2L]
