@@ -38,8 +38,9 @@ Departures from the paper, and why:
   (``k = n-2``) goes to valid, so valid asks test's question one step earlier (the item after the latest
   history; one positive and one negative per user), and no train row sees a user's valid or test item.
   A seeded fraction of train targets would leak instead: a valid target taken from the middle of a sequence
-  is in the histories of that user's later train rows, and valid would not look like test. Train keeps the targets ``k = 1 .. n-3`` (DIN trains on ``1 .. n-2``). A user with
-  exactly 3 reviews gives a valid and a test target and no train target (none on the 5-core Beauty).
+  is in the histories of that user's later train rows, and valid would not look like test. Train keeps
+  the targets ``k = 1 .. n-3`` (DIN trains on ``1 .. n-2``). A user with exactly 3 reviews gives a valid
+  and a test target and no train target (none on the 5-core Beauty).
 * Negatives are drawn uniformly over the items of the review file the user never reviewed (DIN draws
   uniformly over all items and rejects the user's own, the same distribution; not popularity-weighted), one
   per target, from ``numpy.random.default_rng([--seed, 1000])``.

@@ -190,8 +190,8 @@ def generate(rows: int, *, seed: int, users: int, items: int, cates: int, max_le
     return out
 
 
-def preprocess_synthetic_behaviour(out: str | Path, *, rows: int = 200_000, users: int | None = None, items: int = 10_000,
-                                   cates: int = 100, max_len: int = 50, rating: bool = False,
+def preprocess_synthetic_behaviour(out: str | Path, *, rows: int = 200_000, users: int | None = None,
+                                   items: int = 10_000, cates: int = 100, max_len: int = 50, rating: bool = False,
                                    rating_noise: float = 0.5, split: tuple[float, float, float] = (0.8, 0.1, 0.1),
                                    min_count: int = 1, seed: int = 2018, chunk_size: int = 8192,
                                    overwrite: bool = False) -> dict[str, Any]:
