@@ -345,7 +345,7 @@ class StoreReader:
         if not (self.path / "data.mdb").is_file():
             raise FileNotFoundError(
                 f"no store at {self.path}: create it with `python preprocess.py <dataset> --out {self.path}` "
-                f"(datasets: criteo, census, aliexpress, aliccp), or pass --data pointing to an existing store"
+                f"(`python preprocess.py --help` lists the datasets), or pass --data pointing to an existing store"
             )
         raw = _read_meta(self.path)
         if raw is None:
