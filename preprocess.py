@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "census": "dataset.census",
     "aliexpress": "dataset.aliexpress",
     "aliccp": "dataset.aliccp",
+    "table": "dataset.table",
 }
 
 
