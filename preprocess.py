@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "aliexpress": "dataset.aliexpress",
     "aliccp": "dataset.aliccp",
     "table": "dataset.table",
+    "avazu": "dataset.avazu",
 }
 
 
