@@ -630,7 +630,7 @@ class Buckets:
             self._spill()
 
     def _spill(self) -> None:
-        self.directory.mkdir(exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
         for k, parts in enumerate(self.held):
             if parts:
                 with open(self._file(k), "ab") as f:
@@ -707,14 +707,14 @@ def preprocess_table(spec: TableSpec | str | os.PathLike, inputs: dict[str, str 
         estimate = stats.rows * total_bytes / max(paths["train"].stat().st_size, 1)
         buckets = Buckets(bucket_dir, _n_buckets(int(estimate), dtype), dtype, buffer_bytes)
         bad_rows = BadRows()
-        label_sums = _pass2(spec, paths, ratios, seed, strict, block_bytes, progress, enc, buckets, bad_rows)
+        _pass2(spec, paths, ratios, seed, strict, block_bytes, progress, enc, buckets, bad_rows)
         with StoreWriter(out, enc.schema, spec.name, chunk_size, overwrite) as writer:
             for name, (values, spec_record) in ((n, v.record()) for n, v in enc.vocabs.items()):
                 writer.put_vocabulary(name, values, spec_record)
             for name, t in enc.transforms.items():
                 if t["transform"] == "bucketize":
                     writer.put_vocabulary(name, [], {"bucket_edges": t["edges"]})
-            _pass3(buckets, writer, seed, progress)
+            label_sums = _pass3(buckets, writer, seed, progress)
             writer.meta["options"] = {
                 "spec": spec.source, "spec_name": spec.name, "inputs": {s: p.name for s, p in paths.items() if p},
                 "min_count": min_count, "split": list(split), "seed": seed, "chunk_size": chunk_size}
@@ -761,11 +761,10 @@ def _pass1(spec: TableSpec, path: Path, ratios: tuple[float, ...], seed: int, st
 
 def _pass2(spec: TableSpec, paths: dict[str, Path | None], ratios: tuple[float, ...], seed: int, strict: bool,
            block_bytes: int, progress: bool, enc: Encoders, buckets: Buckets,
-           bad_rows: BadRows) -> dict[str, tuple[int, np.ndarray]]:
-    """Read every input again, encode and scatter its rows into the buckets. -> per split: rows, label sums."""
+           bad_rows: BadRows) -> None:
+    """Read every input again, encode and scatter its rows into the buckets."""
     dtype = record_dtype(enc.schema)
     bucket_rng = np.random.default_rng([seed, 1])
-    sums = {s: (0, np.zeros(enc.schema.num_tasks)) for s in SPLITS}
     for role, path in paths.items():
         if path is None:
             continue
@@ -776,15 +775,13 @@ def _pass2(spec: TableSpec, paths: dict[str, Path | None], ratios: tuple[float, 
                 split = assigner.assign(n) if assigner else np.full(n, SPLITS.index(role), np.int8)
                 rec = _encode(parsed, split, spec, enc, dtype)
                 buckets.add(rec, (bucket_rng.random(n) * len(buckets)).astype(np.int64))
-                for s, name in enumerate(SPLITS):
-                    rows = rec["label"][split == s]
-                    sums[name] = (sums[name][0] + len(rows), sums[name][1] + rows.sum(axis=0, dtype=np.float64))
-    return sums
 
 
-def _pass3(buckets: Buckets, writer: StoreWriter, seed: int, progress: bool) -> None:
-    """Each bucket permuted, its rows appended to their splits."""
+def _pass3(buckets: Buckets, writer: StoreWriter, seed: int, progress: bool) -> dict[str, tuple[int, np.ndarray]]:
+    """Each bucket permuted, its rows appended to their splits. -> per split: rows and label sums (summed
+    here, bucket by bucket, because bucket contents do not depend on block sizes)."""
     perm_rng = np.random.default_rng([seed, 2])
+    sums = {s: (0, np.zeros(writer.schema.num_tasks)) for s in SPLITS}
     for k in tqdm(range(len(buckets)), desc="pass 3/3: shuffle + write", unit="bucket", disable=not progress):
         rec = buckets.take(k)
         perm = perm_rng.permutation(len(rec))
@@ -796,6 +793,8 @@ def _pass3(buckets: Buckets, writer: StoreWriter, seed: int, progress: bool) -> 
                  for b in writer.schema.blocks()}
             writer.add(name, a["sparse"], a["dense"], a["label"], seq=a["seq"], seq_len=a["seq_len"],
                        seq_weight=a["seq_weight"])
+            sums[name] = (sums[name][0] + len(part), sums[name][1] + a["label"].sum(axis=0, dtype=np.float64))
+    return sums
 
 
 def summary(meta: dict[str, Any], out: Path, seconds: float) -> str:

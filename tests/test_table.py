@@ -180,7 +180,7 @@ def test_streaming_and_spilling_give_the_same_bytes(toy: tuple[Path, Path], tmp_
     spill = table.Buckets._spill
     monkeypatch.setattr(table.Buckets, "_spill", lambda self: (spills.append(self.directory), spill(self)))
     lines = [HEADER] + [f"r{i},u{i % 13},{'abc'[i % 3]},b,s{i % 5},{i},{i % 9},1,{i % 17},x|y,t1:{i % 4},{i * 3600},"
-                        f"{'yes' if i % 3 else 'no'},{i % 5}.5,q" for i in range(60)]
+                        f"{'yes' if i % 3 else 'no'},{i % 5 / 7},q" for i in range(60)]
     data = write(tmp_path / "d.csv", "\n".join(lines) + "\n")
     outs = {}
     for name, kw in {"one_block": {"block_bytes": 1 << 30}, "tiny_blocks": {"block_bytes": 1},
