@@ -357,7 +357,7 @@ class ValueCounts:
     def result(self, decode: Decoder) -> pd.Series:
         """Value (str) -> train count, missing values left out."""
         codes = self._codes.flush()
-        labels = pd.Index(decode([unpack(c) for c in codes.index.tolist()]), dtype=object)
+        labels = pd.Index(decode(unpack(codes.index.to_numpy())), dtype=object)
         both = pd.concat([pd.Series(codes.to_numpy(), index=labels), self._labels.flush()])
         both = both.groupby(level=0, sort=False).sum()
         return both[both.index != ""]
@@ -479,17 +479,18 @@ class FittedVocab:
         """-> int32 ids [n]."""
         if isinstance(values, Cells):
             return self.vocab.encode(values.labels)[values.inverse]
-        if self._codes is None:
-            codes = [pack(self.decode.encode(v)) for v in self.vocab.values()]
-            self._positions = np.array([i for i, c in enumerate(codes) if c is not None], np.int64)
-            self._codes = pd.Index(np.array([c for c in codes if c is not None], np.uint64))
+        if self._codes is None:  # the kept values of at most 8 bytes, by code
+            codes, ok = pack([self.decode.encode(v) for v in self.vocab.index.tolist()])
+            self._positions = np.flatnonzero(ok)
+            self._codes = pd.Index(codes[ok])
+            self._missing = self.decode.missing_codes()
         found = self._codes.get_indexer(values.codes)
         positions = np.where(found >= 0, self._positions[np.maximum(found, 0)], -1) if len(found) else found
-        missing = np.isin(values.codes, self.decode.missing_codes())
+        missing = np.isin(values.codes, self._missing)
         return ids_from_positions(positions, missing).astype(np.int32)
 
     def record(self) -> tuple[list[str], dict[str, Any]]:
-        return self.vocab.values(), {"min_count": self.min_count}
+        return self.vocab.index.tolist(), {"min_count": self.min_count}
 
 
 class HashedVocab:

@@ -14,6 +14,7 @@ counting and encoding handle.
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -182,13 +183,37 @@ Values = Codes | Cells
 _MASKS = np.array([0] + [(1 << 64) - (1 << (8 * (8 - n))) for n in range(1, 9)], np.uint64)  # high n bytes
 
 
-def pack(raw: bytes) -> int | None:
-    """A cell's bytes -> its :class:`Codes` code, or None for more than 8 bytes."""
-    return int.from_bytes(raw.rjust(8, b"\0"), "little") if len(raw) <= 8 else None
+def _shift(x: np.ndarray, bits: np.ndarray, left: bool) -> np.ndarray:
+    """``x << bits`` or ``x >> bits`` for uint64, bits in 0..64, in two steps (numpy, like C, leaves a shift
+    by 64 undefined)."""
+    half = bits >> np.uint64(1)
+    if left:
+        return (x << half) << (bits - half)
+    return (x >> half) >> (bits - half)
 
 
-def unpack(code: int) -> bytes:
-    return code.to_bytes(8, "little").lstrip(b"\0")
+def pack(raw: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Cells' bytes -> (their :class:`Codes` codes uint64 [k], ok: at most 8 bytes; the others get 0)."""
+    lens = np.fromiter(map(len, raw), np.int64, len(raw))
+    ok = lens <= 8
+    first_lowest = np.array([b if n <= 8 else b"" for b, n in zip(raw, lens)], dtype="S8").view("<u8")
+    return _shift(first_lowest, (8 * (8 - np.where(ok, lens, 0))).astype(np.uint64), left=True), ok
+
+
+def unpack(codes: np.ndarray) -> np.ndarray:
+    """:class:`Codes` codes [k] -> the cells' bytes as an ``S8`` array (numpy drops the zero padding)."""
+    codes = np.asarray(codes, np.uint64)
+    empty_low = sum(((codes & np.uint64((1 << (8 * b)) - 1)) == 0).astype(np.uint64) for b in range(1, 9))
+    return _shift(codes, np.uint64(8) * empty_low, left=False).astype("<u8").view("S8")
+
+
+_ASCII = bytes(range(128))
+
+
+@functools.lru_cache
+def _reads_ascii(encoding: str) -> bool:
+    """Whether ``encoding`` decodes ASCII bytes as ASCII (UTF-8, Latin-1, cp1252, ...; not UTF-16)."""
+    return _ASCII.decode(encoding, "replace") == _ASCII.decode()
 
 
 @dataclass(frozen=True)
@@ -201,12 +226,16 @@ class Decoder:
     missing: tuple[str, ...] = ()
     unescape: bool = False
 
-    def __call__(self, raw: list[bytes]) -> np.ndarray:
-        labels = [b.decode(self.encoding, "surrogateescape") for b in raw]
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """Cells' bytes (an ``S`` array) -> labels (object array of str)."""
+        raw = np.ascontiguousarray(raw)
+        if raw.size and raw.view(np.uint8).max() < 128 and _reads_ascii(self.encoding):
+            out = raw.astype("U").astype(object)  # plain ASCII: numpy decodes it at C speed
+        else:
+            out = np.empty(len(raw), dtype=object)
+            out[:] = [b.decode(self.encoding, "surrogateescape") for b in raw.tolist()]
         if self.unescape:
-            labels = [s.replace('""', '"') for s in labels]
-        out = np.empty(len(labels), dtype=object)
-        out[:] = labels
+            out[:] = [s.replace('""', '"') for s in out]
         if self.missing:
             out[np.isin(out, list(self.missing))] = ""
         return out
@@ -217,8 +246,8 @@ class Decoder:
 
     def missing_codes(self) -> np.ndarray:
         """The codes that mean missing: the empty cell and the short missing spellings."""
-        codes = [pack(self.encode(m)) for m in self.missing]
-        return np.array([0, *(c for c in codes if c is not None)], np.uint64)
+        codes, ok = pack([self.encode(m) for m in self.missing])
+        return np.concatenate([np.zeros(1, np.uint64), codes[ok]])
 
 
 def _words(block: TextBlock) -> np.ndarray:
@@ -240,7 +269,7 @@ def to_cells(values: Values, decode: Decoder) -> Cells:
     if isinstance(values, Cells):
         return values
     inverse, unique = pd.factorize(values.codes)
-    return Cells(np.asarray(inverse, np.int64), decode([unpack(u) for u in unique.tolist()]))
+    return Cells(np.asarray(inverse, np.int64), decode(unpack(unique)))
 
 
 def factorize_spans(block: TextBlock, starts: np.ndarray, lens: np.ndarray, decode: Decoder) -> Cells:
@@ -254,7 +283,7 @@ def factorize_spans(block: TextBlock, starts: np.ndarray, lens: np.ndarray, deco
     index = np.minimum(starts[:, None] + PAD + offsets, len(block.buf) - 1)
     matrix = np.where(offsets < lens[:, None], block.buf[index], 0).astype(np.uint8)
     unique, inverse = np.unique(matrix.view(f"S{width}").ravel(), return_inverse=True)
-    return Cells(np.asarray(inverse, np.int64).ravel(), decode(unique.tolist()))
+    return Cells(np.asarray(inverse, np.int64).ravel(), decode(unique))
 
 
 def split_spans(block: TextBlock, starts: np.ndarray, lens: np.ndarray, sep: str,

@@ -337,3 +337,21 @@ def test_movielens_spec_end_to_end(tmp_path: Path) -> None:
                                                          "Crime", "Fantasy"]
     batch = next(iter(make_loader(out, "train", 8, train=True, num_workers=0)))
     assert set(batch) >= {"sparse", "dense", "label", "seq", "seq_len"} and batch["seq"].shape == (8, 6)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_short_and_long_cells_and_encodings_agree(tmp_path: Path, encoding: str) -> None:
+    """Cells of at most 8 bytes are counted and encoded as packed codes, longer ones as strings: a value
+    gets one id whichever way its block went (one line per block here), in any encoding."""
+    spec = write(tmp_path / "e.toml", f'[format]\nencoding = "{encoding}"\n[columns]\n'
+                                      'a = { kind = "categorical", vocab = "v", min_count = 1 }\n'
+                                      'b = { kind = "categorical", vocab = "v" }\ny = "label"\n')
+    long = "a value longer than 8 bytes"
+    data = tmp_path / "e.csv"
+    data.write_bytes("\n".join(["a,b,y", f"été,{long},1", f"{long},été,0", "x,été,1"]).encode(encoding) + b"\n")
+    build(spec, {"train": data}, tmp_path / "s", block_bytes=1)
+    reader = StoreReader(tmp_path / "s")
+    assert reader.vocabulary("v")["values"] == sorted([long, "x", "été"])
+    ids = {v: i + 2 for i, v in enumerate(reader.vocabulary("v")["values"])}
+    rows = sorted(map(tuple, reader.read_split("train")["sparse"].tolist()))
+    assert rows == sorted([(ids["été"], ids[long]), (ids[long], ids["été"]), (ids["x"], ids["été"])])
