@@ -31,6 +31,7 @@ size, timing or ``PYTHONHASHSEED``.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import shutil
@@ -832,7 +833,23 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-input", default=None, help="a file that becomes the test split whole")
     parser.add_argument("--buffer-mb", type=int, default=BUFFER_BYTES >> 20,
                         help="shuffle rows held in memory before they spill to files beside --out")
-    parser.set_defaults(min_count=None)  # None: the spec's min_count, else 10
+    _own_default(parser, "min_count", None)  # None: the spec's min_count, else 10
+
+
+def _own_default(parser: argparse.ArgumentParser, dest: str, default: Any) -> None:
+    """Give this subcommand its own default for a flag it got from preprocess.py's common parent parser.
+
+    argparse shares a parent's Action objects among every parser built from it, so ``set_defaults`` would
+    change the flag's default for every subcommand (criteo's --min-count included); this parser gets a copy.
+    """
+    for i, action in enumerate(parser._actions):
+        if action.dest == dest:
+            mine = copy.copy(action)
+            mine.default = default
+            parser._actions[i] = mine
+            parser._option_string_actions.update({s: mine for s in action.option_strings})
+            for group in parser._action_groups:
+                group._group_actions[:] = [mine if a is action else a for a in group._group_actions]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

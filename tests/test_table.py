@@ -260,6 +260,16 @@ def test_cli_errors_are_one_line(toy: tuple[Path, Path], tmp_path: Path, capsys:
     assert "pass --overwrite" in capsys.readouterr().err
 
 
+def test_min_count_flag_defaults() -> None:
+    """The spec-driven subcommands default --min-count to None (the spec's, else 10) without changing the
+    default of the other subcommands, which share the flag's argparse action."""
+    parser = preprocess.build_parser()
+    args = {name: parser.parse_args([name, *extra]) for name, extra in
+            [("table", ["--spec", "s", "--input", "i"]), ("avazu", []), ("criteo", []), ("census", [])]}
+    assert [args[n].min_count for n in ("table", "avazu", "criteo", "census")] == [None, None, 10, 10]
+    assert parser.parse_args(["avazu", "--min-count", "5"]).min_count == 5
+
+
 @pytest.mark.parametrize("doc, message", [
     ({"columns": {"a": "categorical"}}, "at least one column must be kind"),
     ({"columns": {"a": "label", "b": {"kind": "multi"}}}, "needs max_len"),
