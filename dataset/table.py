@@ -36,9 +36,12 @@ import math
 import os
 import shutil
 import time
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -48,13 +51,16 @@ from dataset.raw import InputError, open_raw
 from dataset.schema import Schema, SequenceField
 from dataset.split import SPLITS, SplitAssigner, parse_split
 from dataset.store import StoreExistsError, StoreWriter
-from dataset.table_read import (WRONG_COUNT, Cells, Codes, Decoder, Rows, Values, factorize_spans, pack,
+from dataset.table_read import (WRONG_COUNT, Cells, Codes, Decoder, Rows, TextBlock, Values, factorize_spans, pack,
                                 read_blocks, read_column, split_header, split_spans, to_cells, tokenize, unpack)
 from dataset.table_spec import DEFAULT_MIN_COUNT, TIME_PARTS, ColumnSpec, TableSpec, load_spec
 from dataset.tabular import cli_main
 from dataset.vocab import HASH_KEY, Vocabulary, hash_strings, ids_from_positions
 
+T = TypeVar("T")
 BLOCK_BYTES = 4 << 20  # text tokenized at a time
+WORKERS = min(4, os.cpu_count() or 1)  # threads that parse (and in pass 2 encode) blocks; numpy frees the GIL
+AHEAD = WORKERS + 1  # blocks parsed ahead of the one consumed
 BUFFER_BYTES = 256 << 20  # shuffle records held in memory before they spill to files (--buffer-mb)
 BUCKET_BYTES = 64 << 20  # target size of one shuffle bucket (loaded whole in pass 3)
 MAX_BUCKETS = 1024
@@ -151,6 +157,7 @@ class BlockParser:
         self.index = index
         self.decode = Decoder(spec.encoding, spec.missing, unescape=spec.quoting == "csv")
         self._times: dict[str, dict[str, np.ndarray]] = {}  # time format -> label -> its parts
+        self._times_lock = threading.Lock()  # blocks are parsed on several threads
 
     def parse(self, rows: Rows) -> tuple[Parsed, dict[str, np.ndarray]]:
         """-> (the valid rows, line numbers of the bad ones per kind). A row is counted once, under the
@@ -177,13 +184,14 @@ class BlockParser:
     def _time_part(self, labels: np.ndarray, fmt: str, part: str) -> tuple[np.ndarray, np.ndarray]:
         """-> (the part of each time label as a decimal string, "" where missing; bad: not missing and not
         a time). Parsed times are remembered across blocks."""
-        cache = self._times.setdefault(fmt, {})
-        new = [label for label in pd.unique(labels) if label not in cache]
-        if new:
-            if len(cache) + len(new) > TIME_CACHE:
-                cache.clear()
-            cache.update(zip(new, _parse_times(np.array(new, dtype=object), fmt)))
-        value = np.array([cache[label][TIME_PARTS.index(part)] for label in labels], np.float64)
+        with self._times_lock:
+            cache = self._times.setdefault(fmt, {})
+            new = [label for label in pd.unique(labels) if label not in cache]
+            if new:
+                if len(cache) + len(new) > TIME_CACHE:
+                    cache.clear()
+                cache.update(zip(new, _parse_times(np.array(new, dtype=object), fmt)))
+            value = np.array([cache[label][TIME_PARTS.index(part)] for label in labels], np.float64)
         out = np.empty(len(labels), dtype=object)
         out[:] = ["" if v != v else str(int(v)) for v in value]
         return out, (labels != "") & np.isnan(value)
@@ -293,24 +301,48 @@ def _column_index(names: list[str], path: Path, spec: TableSpec) -> dict[str, in
     return {name: i for i, name in enumerate(names)}
 
 
+def in_order(pool: ThreadPoolExecutor | None, fn: Callable[[Any], T], items: Iterable[Any]) -> Iterator[T]:
+    """``fn(item)`` for each item, in order, computed by ``pool`` up to AHEAD items ahead (or here)."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: deque[Future[T]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def read_table(path: Path, spec: TableSpec, bad_rows: BadRows, strict: bool, block_bytes: int = BLOCK_BYTES,
-               bar: tqdm | None = None) -> Iterator[Parsed]:
-    """The valid rows of ``path``, block by block; bad rows go to ``bad_rows`` (or raise, ``strict``)."""
+               bar: tqdm | None = None, pool: ThreadPoolExecutor | None = None,
+               then: Callable[[Parsed], Any] | None = None) -> Iterator[tuple[Parsed, Any]]:
+    """The valid rows of ``path``, block by block, each with ``then(rows)`` (or None); bad rows go to
+    ``bad_rows`` (or raise, ``strict``) in file order. Blocks are parsed (and ``then`` run) on ``pool``."""
     stream, raw = open_raw(path)
     with stream:
         names, first_line, head = _header(stream, path, spec)
         parser = BlockParser(spec, _column_index(names, path, spec))
-        done = 0
-        for block in read_blocks(stream, block_bytes, first_line, head, raw):
+
+        def work(block: TextBlock) -> tuple[int, Parsed, dict[str, np.ndarray], Any]:
             rows, bad, _ = tokenize(block, len(names), spec.separator, spec.quoting)
             if WRONG_COUNT in bad:
                 bad[f"{WRONG_COUNT} (expected {len(names)})"] = bad.pop(WRONG_COUNT)
             parsed, bad_fields = parser.parse(rows)
-            bad_rows.add(path, {**bad, **bad_fields}, strict)
+            return block.raw_pos, parsed, {**bad, **bad_fields}, then(parsed) if then else None
+
+        done = 0
+        for raw_pos, parsed, bad, extra in in_order(pool, work, read_blocks(stream, block_bytes, first_line, head, raw)):
+            bad_rows.add(path, bad, strict)
             if bar is not None:
-                bar.update(block.raw_pos - done)
-                done = block.raw_pos
-            yield parsed
+                bar.update(raw_pos - done)
+                done = raw_pos
+            yield parsed, extra
 
 
 # ------------------------------------------------------------------------- pass 1: train statistics
@@ -573,10 +605,9 @@ def record_dtype(schema: Schema) -> np.dtype:
     return np.dtype(parts + [("split", np.uint8)])
 
 
-def _encode(parsed: Parsed, split: np.ndarray, spec: TableSpec, enc: Encoders, dtype: np.dtype) -> np.ndarray:
-    """Valid rows of one block and their splits -> records [n]."""
+def _encode(parsed: Parsed, spec: TableSpec, enc: Encoders, dtype: np.dtype) -> np.ndarray:
+    """Valid rows of one block -> records [n] (their split still 0)."""
     rec = np.zeros(len(parsed), dtype)
-    rec["split"] = split
     schema = enc.schema
     slices = schema.seq_slices
     weight_start = 0
@@ -701,15 +732,16 @@ def preprocess_table(spec: TableSpec | str | os.PathLike, inputs: dict[str, str 
     ratios = _split_ratios(split, paths)
     hashed = {c.vocab_name for c in spec.fields if c.hash_buckets is not None}
     bucket_dir = out.with_name(f"{out.name}.tmp-{os.getpid()}-buckets")
+    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="table") if WORKERS > 1 else None
     try:
-        stats = _pass1(spec, paths["train"], ratios, seed, strict, block_bytes, progress, hashed)
+        stats = _pass1(spec, paths["train"], ratios, seed, strict, block_bytes, progress, hashed, pool)
         enc = _fit(spec, stats, min_count)
         dtype = record_dtype(enc.schema)
         total_bytes = sum(p.stat().st_size for p in paths.values() if p is not None)
         estimate = stats.rows * total_bytes / max(paths["train"].stat().st_size, 1)
         buckets = Buckets(bucket_dir, _n_buckets(int(estimate), dtype), dtype, buffer_bytes)
         bad_rows = BadRows()
-        _pass2(spec, paths, ratios, seed, strict, block_bytes, progress, enc, buckets, bad_rows)
+        _pass2(spec, paths, ratios, seed, strict, block_bytes, progress, enc, buckets, bad_rows, pool)
         with StoreWriter(out, enc.schema, spec.name, chunk_size, overwrite) as writer:
             for name, (values, spec_record) in ((n, v.record()) for n, v in enc.vocabs.items()):
                 writer.put_vocabulary(name, values, spec_record)
@@ -727,6 +759,8 @@ def preprocess_table(spec: TableSpec | str | os.PathLike, inputs: dict[str, str 
                 "label_means": {s: {lab: (float(v) / n if n else None) for lab, v in zip(enc.schema.labels, sums)}
                                 for s, (n, sums) in label_sums.items()}}
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         shutil.rmtree(bucket_dir, ignore_errors=True)
     print(summary(writer.meta, out, time.perf_counter() - start))
     return writer.meta
@@ -737,7 +771,7 @@ def _bar(path: Path, desc: str, progress: bool) -> tqdm:
 
 
 def _pass1(spec: TableSpec, path: Path, ratios: tuple[float, ...], seed: int, strict: bool, block_bytes: int,
-           progress: bool, hashed: set[str]) -> TrainStats:
+           progress: bool, hashed: set[str], pool: ThreadPoolExecutor | None) -> TrainStats:
     """Read the train file: splits, and the train rows' counts, moments and samples."""
     stats = TrainStats(
         counts={c.vocab_name: ValueCounts() for c in spec.fields
@@ -748,7 +782,7 @@ def _pass1(spec: TableSpec, path: Path, ratios: tuple[float, ...], seed: int, st
     assigner = SplitAssigner(ratios, seed)
     bad_rows = BadRows()
     with _bar(path, f"{spec.name} pass 1/3: count", progress) as bar:
-        for parsed in read_table(path, spec, bad_rows, strict, block_bytes, bar):
+        for parsed, _ in read_table(path, spec, bad_rows, strict, block_bytes, bar, pool):
             train = assigner.assign(len(parsed)) == 0
             stats.rows += len(parsed)
             stats.train_rows += int(train.sum())
@@ -762,8 +796,8 @@ def _pass1(spec: TableSpec, path: Path, ratios: tuple[float, ...], seed: int, st
 
 
 def _pass2(spec: TableSpec, paths: dict[str, Path | None], ratios: tuple[float, ...], seed: int, strict: bool,
-           block_bytes: int, progress: bool, enc: Encoders, buckets: Buckets,
-           bad_rows: BadRows) -> None:
+           block_bytes: int, progress: bool, enc: Encoders, buckets: Buckets, bad_rows: BadRows,
+           pool: ThreadPoolExecutor | None) -> None:
     """Read every input again, encode and scatter its rows into the buckets."""
     dtype = record_dtype(enc.schema)
     bucket_rng = np.random.default_rng([seed, 1])
@@ -772,10 +806,10 @@ def _pass2(spec: TableSpec, paths: dict[str, Path | None], ratios: tuple[float, 
             continue
         assigner = SplitAssigner(ratios, seed) if role == "train" else None
         with _bar(path, f"{spec.name} pass 2/3: encode {role}", progress) as bar:
-            for parsed in read_table(path, spec, bad_rows, strict, block_bytes, bar):
+            for parsed, rec in read_table(path, spec, bad_rows, strict, block_bytes, bar, pool,
+                                          then=lambda rows: _encode(rows, spec, enc, dtype)):
                 n = len(parsed)
-                split = assigner.assign(n) if assigner else np.full(n, SPLITS.index(role), np.int8)
-                rec = _encode(parsed, split, spec, enc, dtype)
+                rec["split"] = assigner.assign(n) if assigner else SPLITS.index(role)
                 buckets.add(rec, (bucket_rng.random(n) * len(buckets)).astype(np.int64))
 
 
