@@ -337,7 +337,8 @@ def read_table(path: Path, spec: TableSpec, bad_rows: BadRows, strict: bool, blo
             return block.raw_pos, parsed, {**bad, **bad_fields}, then(parsed) if then else None
 
         done = 0
-        for raw_pos, parsed, bad, extra in in_order(pool, work, read_blocks(stream, block_bytes, first_line, head, raw)):
+        blocks = read_blocks(stream, block_bytes, first_line, head, raw)
+        for raw_pos, parsed, bad, extra in in_order(pool, work, blocks):
             bad_rows.add(path, bad, strict)
             if bar is not None:
                 bar.update(raw_pos - done)
@@ -501,9 +502,13 @@ class FittedVocab:
     def __init__(self, counts: pd.Series, min_count: int, decode: Decoder) -> None:
         self.min_count = min_count
         self.vocab = Vocabulary.fit(counts, min_count)
-        self.decode = decode
-        self._codes: pd.Index | None = None
-        self._positions = np.zeros(0, np.int64)
+        # the kept values of at most 8 bytes by code (built here: encoding runs on several threads)
+        codes, ok = pack([decode.encode(v) for v in self.vocab.index.tolist()])
+        self._positions = np.flatnonzero(ok)  # code i is kept value _positions[i], id _positions[i] + 2
+        self._codes = pd.Index(codes[ok])
+        self._codes.get_indexer(codes[:1])  # builds the hash tables now; threads then only read them
+        self.vocab.index.get_indexer(self.vocab.index[:1])
+        self._missing = decode.missing_codes()
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -512,11 +517,6 @@ class FittedVocab:
         """-> int32 ids [n]."""
         if isinstance(values, Cells):
             return self.vocab.encode(values.labels)[values.inverse]
-        if self._codes is None:  # the kept values of at most 8 bytes, by code
-            codes, ok = pack([self.decode.encode(v) for v in self.vocab.index.tolist()])
-            self._positions = np.flatnonzero(ok)
-            self._codes = pd.Index(codes[ok])
-            self._missing = self.decode.missing_codes()
         found = self._codes.get_indexer(values.codes)
         positions = np.where(found >= 0, self._positions[np.maximum(found, 0)], -1) if len(found) else found
         missing = np.isin(values.codes, self._missing)

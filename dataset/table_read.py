@@ -1,15 +1,16 @@
 """Reading a delimited text table fast, in blocks of whole lines, with numpy instead of a per-cell parser.
 
 A block of text is tokenized at once: the positions of the separator and newline bytes give every line's
-cell count (lines with another count are bad rows, by line number) and every cell's span. A column is then
-read as :class:`Cells`: each cell's bytes (up to 8 of them) packed into one ``uint64`` code, so
-``pandas.factorize`` groups equal values on integers; only the distinct values of a block become Python
-strings. Wider cells are grouped as fixed-width byte strings (``numpy.unique``). Multi-value cells
-(``"a|b|c"``) are split into element spans the same way.
+cell count (lines with another count are bad rows, by line number) and every cell's span. A column whose
+cells have at most 8 bytes is then read as :class:`Codes`: each cell's bytes packed into one ``uint64``,
+with no Python object per cell, so counting (``pandas.factorize``) and encoding (a hash lookup) work on
+integers. Other columns (longer cells, ``csv`` quoting, and the numeric, label and time columns, which need
+their text) are read as :class:`Cells`: the block's distinct values as strings, ``labels``, and each cell's
+index into them, ``inverse``; wide cells are grouped as fixed-width byte strings (``numpy.unique``).
+Multi-value cells (``"a|b|c"``) are split into element spans, then read the same way.
 
-The caller sees per column ``Cells(inverse, labels)``: value ``i`` is ``labels[inverse[i]]``, ``""`` is
-missing, and ``labels`` may repeat a string (two spellings of one value, e.g. quoted and unquoted), which
-counting and encoding handle.
+In :class:`Cells` the label ``""`` is missing, and ``labels`` may repeat a string (two spellings of one
+value, e.g. quoted and unquoted), which counting and encoding allow.
 """
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def tokenize(block: TextBlock, n_columns: int, separator: str,
     line_end = np.flatnonzero(is_newline)  # index in bounds of each line's newline
     n_cells = np.diff(line_end, prepend=-1)
     previous = np.concatenate([[-1], bounds[:-1]])  # a cell starts just after the boundary before it
-    blank = (n_cells == 1) & ((bounds[line_end] == previous[line_end] + 1) |
-                              ((bounds[line_end] == previous[line_end] + 2) & (block.buf[bounds[line_end] + PAD - 1] == CR)))
+    last_cell = bounds[line_end] - previous[line_end] - 1  # length of each line's last cell, with any \r
+    blank = (n_cells == 1) & ((last_cell == 0) | ((last_cell == 1) & (block.buf[bounds[line_end] + PAD - 1] == CR)))
     good = ~blank & ~unbalanced & (n_cells == n_columns)
     first_line = block.first_line
     bad = {WRONG_COUNT: np.flatnonzero(~blank & ~unbalanced & ~good) + first_line,
@@ -135,7 +136,9 @@ def tokenize(block: TextBlock, n_columns: int, separator: str,
     rows = np.flatnonzero(good)
     index = (line_end[rows] - (n_columns - 1))[None, :] + np.arange(n_columns)[:, None]  # [columns, n]
     ends = bounds[index]
-    starts = previous[index] + 1
+    starts = np.empty_like(ends)  # a cell starts just after the one before it, a row after the line before
+    starts[0] = previous[index[0]] + 1
+    starts[1:] = ends[:-1] + 1
     last = ends[-1]  # a view: the last cell of each row loses a \r before its newline
     last -= (last > starts[-1]) & (block.buf[last + PAD - 1] == CR)
     lens = ends - starts

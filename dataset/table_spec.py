@@ -161,7 +161,8 @@ def parse_spec(doc: dict[str, Any], where: str = "spec", default_name: str = "ta
     missing = fmt.get("missing", [])
     _expect(_str_list(missing), where, "missing must be a list of strings")
     min_count = doc.get("min_count")
-    _expect(min_count is None or _positive_int(min_count), where, f"min_count must be an integer >= 1, got {min_count!r}")
+    _expect(min_count is None or _positive_int(min_count), where,
+            f"min_count must be an integer >= 1, got {min_count!r}")
 
     raw_columns = doc.get("columns")
     _expect(isinstance(raw_columns, dict) and raw_columns, where, "[columns] must list the file's columns")
@@ -267,7 +268,8 @@ def _check_fields(spec: TableSpec, where: str) -> None:
                     f"column {c.name!r}: sep and weight_sep must differ from the file's separator")
     bucketized = {c.name for c in spec.fields if c.kind == "numeric" and c.transform == "bucketize"}
     _expect(not bucketized & set(vocabs), where,
-            f"a bucketized numeric field has its own vocabulary; rename the vocab of {sorted(bucketized & set(vocabs))}")
+            f"a bucketized numeric field has its own vocabulary; rename the vocab of "
+            f"{sorted(bucketized & set(vocabs))}")
     if spec.user_field is not None:
         user = next((c for c in spec.fields if c.name == spec.user_field), None)
         _expect(user is not None and user.is_sparse, where,

@@ -149,7 +149,8 @@ def test_every_column_kind(toy: tuple[Path, Path], tmp_path: Path) -> None:
 def test_min_count_fits_on_train_only_and_given_split_files(toy: tuple[Path, Path], tmp_path: Path) -> None:
     spec, data = toy
     valid = write(tmp_path / "valid.csv", HEADER + "\nv0,u9,d,a,s1,1,1,1,1,w,t9,0,no,1,q\n")
-    test = write(tmp_path / "test.csv", HEADER + "\nt0,u1,a,b,s1,1,1,1,1,x,t1,0,yes,2,q\nt1,u1,a,b,s1,1,1,1,1,x,t1,0,no,2,q\n")
+    test = write(tmp_path / "test.csv",
+                 HEADER + "\nt0,u1,a,b,s1,1,1,1,1,x,t1,0,yes,2,q\nt1,u1,a,b,s1,1,1,1,1,x,t1,0,no,2,q\n")
     meta = build(spec, {"train": data, "valid": valid, "test": test}, tmp_path / "s", split=(0.8, 0.1, 0.1))
     assert {s: meta["splits"][s]["rows"] for s in SPLITS} == {"train": 5, "valid": 1, "test": 2}
     reader = StoreReader(tmp_path / "s")
@@ -190,7 +191,8 @@ def test_streaming_and_spilling_give_the_same_bytes(toy: tuple[Path, Path], tmp_
         assert bool(spills) == (name == "spill")
     assert outs["one_block"] == outs["tiny_blocks"] == outs["spill"]
     assert spills[0].name.startswith("spill.tmp-") and not spills[0].exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "one_block", "spill", "tiny_blocks", "toy.csv", "toy.toml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "one_block", "spill", "tiny_blocks", "toy.csv",
+                                                          "toy.toml"]  # no temporary file left
 
 
 def test_temporary_files_removed_on_failure(toy: tuple[Path, Path], tmp_path: Path) -> None:
