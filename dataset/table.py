@@ -349,27 +349,34 @@ def read_table(path: Path, spec: TableSpec, bad_rows: BadRows, strict: bool, blo
 # ------------------------------------------------------------------------- pass 1: train statistics
 
 
+def _sum_by_key(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of repeated keys added up -> (distinct keys in order of first appearance, int64 sums)."""
+    index, distinct = pd.factorize(keys)
+    return np.asarray(distinct), np.bincount(index, weights=counts, minlength=len(distinct)).astype(np.int64)
+
+
 class _Merged:
-    """A running sum of counts keyed by value, fed in batches that are merged once they hold as many keys
-    as half the running sum (so merging stays linear in all)."""
+    """A running sum of counts per key, fed in batches that are merged once they hold as many keys as half
+    the running sum (so merging stays linear in all)."""
 
     def __init__(self, dtype: Any) -> None:
-        self.total = pd.Series([], dtype=np.int64, index=pd.Index([], dtype=dtype))
-        self._pending: list[pd.Series] = []
+        self.keys, self.counts = np.zeros(0, dtype), np.zeros(0, np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_size = 0
 
-    def add(self, counts: pd.Series) -> None:
-        self._pending.append(counts)
-        self._pending_size += len(counts)
-        if self._pending_size >= max(COUNT_BATCH, len(self.total) // 2):
+    def add(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        self._pending.append((keys, counts))
+        self._pending_size += len(keys)
+        if self._pending_size >= max(COUNT_BATCH, len(self.keys) // 2):
             self.flush()
 
-    def flush(self) -> pd.Series:
+    def flush(self) -> tuple[np.ndarray, np.ndarray]:
         if self._pending:
-            merged = pd.concat([self.total, *self._pending])
-            self.total = merged.groupby(level=0, sort=False).sum().astype(np.int64)
+            keys = np.concatenate([self.keys, *(k for k, _ in self._pending)])
+            counts = np.concatenate([self.counts, *(c for _, c in self._pending)])
+            self.keys, self.counts = _sum_by_key(keys, counts)
             self._pending, self._pending_size = [], 0
-        return self.total
+        return self.keys, self.counts
 
 
 class ValueCounts:
@@ -382,19 +389,19 @@ class ValueCounts:
     def add(self, values: Values) -> None:
         if isinstance(values, Codes):
             inverse, unique = pd.factorize(values.codes)
-            self._codes.add(pd.Series(np.bincount(inverse, minlength=len(unique)), index=unique))
+            self._codes.add(unique, np.bincount(inverse, minlength=len(unique)))
         else:
             counts = np.bincount(values.inverse, minlength=len(values.labels))
             keep = counts > 0
-            self._labels.add(pd.Series(counts[keep], index=pd.Index(values.labels[keep], dtype=object)))
+            self._labels.add(values.labels[keep], counts[keep])
 
-    def result(self, decode: Decoder) -> pd.Series:
-        """Value (str) -> train count, missing values left out."""
-        codes = self._codes.flush()
-        labels = pd.Index(decode(unpack(codes.index.to_numpy())), dtype=object)
-        both = pd.concat([pd.Series(codes.to_numpy(), index=labels), self._labels.flush()])
-        both = both.groupby(level=0, sort=False).sum()
-        return both[both.index != ""]
+    def result(self, decode: Decoder) -> tuple[np.ndarray, np.ndarray]:
+        """-> (values as strings, missing ones left out; their train counts)."""
+        codes, code_counts = self._codes.flush()
+        labels, label_counts = self._labels.flush()
+        keys, counts = _sum_by_key(np.concatenate([decode(unpack(codes)), labels]),
+                                   np.concatenate([code_counts, label_counts]))
+        return keys[keys != ""], counts[keys != ""]
 
 
 class Moments:
@@ -499,9 +506,9 @@ def _count_block(stats: TrainStats, parsed: Parsed, spec: TableSpec, hashed: set
 class FittedVocab:
     """A vocabulary fit on train counts; encodes codes through a code -> id index of its short values."""
 
-    def __init__(self, counts: pd.Series, min_count: int, decode: Decoder) -> None:
+    def __init__(self, values: np.ndarray, counts: np.ndarray, min_count: int, decode: Decoder) -> None:
         self.min_count = min_count
-        self.vocab = Vocabulary.fit(counts, min_count)
+        self.vocab = Vocabulary(values[counts >= min_count].tolist())  # as Vocabulary.fit, from arrays
         # the kept values of at most 8 bytes by code (built here: encoding runs on several threads)
         codes, ok = pack([decode.encode(v) for v in self.vocab.index.tolist()])
         self._positions = np.flatnonzero(ok)  # code i is kept value _positions[i], id _positions[i] + 2
@@ -562,7 +569,7 @@ def _fit(spec: TableSpec, stats: TrainStats, min_count: int | None) -> Encoders:
                 explicit = [c.min_count for c in spec.fields if c.kind in ("categorical", "multi")
                             and c.vocab_name == col.vocab_name and c.min_count is not None]
                 m = explicit[0] if explicit else min_count or spec.min_count or DEFAULT_MIN_COUNT
-                vocabs[col.vocab_name] = FittedVocab(stats.counts[col.vocab_name].result(decode), m, decode)
+                vocabs[col.vocab_name] = FittedVocab(*stats.counts[col.vocab_name].result(decode), m, decode)
     transforms: dict[str, dict[str, Any]] = {}
     for col in spec.fields:
         if col.kind == "numeric":

@@ -109,7 +109,6 @@ def tokenize(block: TextBlock, n_columns: int, separator: str,
     is_newline = text[bounds] == NEWLINE
     if block.size and text[-1] != NEWLINE:  # the file's last line, without its newline
         bounds, is_newline = np.append(bounds, block.size), np.append(is_newline, True)
-    line_of = np.cumsum(is_newline) - is_newline  # line index of every boundary
     n_lines = int(is_newline.sum())
     unbalanced = np.zeros(n_lines, bool)
     if quoting == "csv":
@@ -117,11 +116,12 @@ def tokenize(block: TextBlock, n_columns: int, separator: str,
         if len(quotes):
             before = np.searchsorted(quotes, bounds)  # quotes before each boundary
             line_end = np.flatnonzero(is_newline)
+            line_of = np.cumsum(is_newline) - is_newline  # line index of every boundary
             line_start_quotes = np.concatenate([[0], before[line_end[:-1]]])
             odd = (before - line_start_quotes[line_of]) % 2 == 1
             unbalanced = odd[line_end]
             keep = ~odd | is_newline  # a separator inside quotes is text
-            bounds, is_newline, line_of = bounds[keep], is_newline[keep], line_of[keep]
+            bounds, is_newline = bounds[keep], is_newline[keep]
     line_end = np.flatnonzero(is_newline)  # index in bounds of each line's newline
     n_cells = np.diff(line_end, prepend=-1)
     previous = np.concatenate([[-1], bounds[:-1]])  # a cell starts just after the boundary before it

@@ -1,6 +1,7 @@
 """The spec-driven table reader (dataset/table.py): every column kind, streaming, spilling, bad rows."""
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import subprocess
@@ -191,8 +192,16 @@ def test_streaming_and_spilling_give_the_same_bytes(toy: tuple[Path, Path], tmp_
         assert bool(spills) == (name == "spill")
     assert outs["one_block"] == outs["tiny_blocks"] == outs["spill"]
     assert spills[0].name.startswith("spill.tmp-") and not spills[0].exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "one_block", "spill", "tiny_blocks", "toy.csv",
-                                                          "toy.toml"]  # no temporary file left
+    gz = tmp_path / "d.csv.gz"
+    gz.write_bytes(gzip.compress(data.read_bytes()))
+    build(spec, {"train": gz}, tmp_path / "gz", split=(0.8, 0.1, 0.1))
+    for split in SPLITS:  # the same rows (the metadata names the other input file)
+        plain = StoreReader(tmp_path / "one_block").read_split(split)
+        packed = StoreReader(tmp_path / "gz").read_split(split)
+        assert all((plain[k] == packed[k]).all() for k in plain)
+    gz.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "gz", "one_block", "spill", "tiny_blocks",
+                                                          "toy.csv", "toy.toml"]  # no temporary file left
 
 
 def test_temporary_files_removed_on_failure(toy: tuple[Path, Path], tmp_path: Path) -> None:
