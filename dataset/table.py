@@ -874,10 +874,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-input", default=None, help="a file that becomes the test split whole")
     parser.add_argument("--buffer-mb", type=int, default=BUFFER_BYTES >> 20,
                         help="shuffle rows held in memory before they spill to files beside --out")
-    _own_default(parser, "min_count", None)  # None: the spec's min_count, else 10
+    _own_default(parser, "min_count", None, "values seen fewer times in train map to OOV, in vocabularies whose "
+                                            "columns set no min_count (default: the spec's min_count, else 10)")
 
 
-def _own_default(parser: argparse.ArgumentParser, dest: str, default: Any) -> None:
+def _own_default(parser: argparse.ArgumentParser, dest: str, default: Any, help: str) -> None:
     """Give this subcommand its own default for a flag it got from preprocess.py's common parent parser.
 
     argparse shares a parent's Action objects among every parser built from it, so ``set_defaults`` would
@@ -886,7 +887,7 @@ def _own_default(parser: argparse.ArgumentParser, dest: str, default: Any) -> No
     for i, action in enumerate(parser._actions):
         if action.dest == dest:
             mine = copy.copy(action)
-            mine.default = default
+            mine.default, mine.help = default, help
             parser._actions[i] = mine
             parser._option_string_actions.update({s: mine for s in action.option_strings})
             for group in parser._action_groups:
