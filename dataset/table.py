@@ -162,20 +162,20 @@ class BlockParser:
     def parse(self, rows: Rows) -> tuple[Parsed, dict[str, np.ndarray]]:
         """-> (the valid rows, line numbers of the bad ones per kind). A row is counted once, under the
         first field (in spec order) that rejects it."""
-        n = len(rows)
         data: dict[str, Column] = {}
-        first_bad = np.full(n, -1, np.int64)
-        kinds: list[str] = []
+        first_bad = np.full(len(rows), -1, np.int64)  # index in kinds of the first reason to reject each row
+        kinds: dict[str, int] = {}  # several fields may give one reason (the derived fields of one column)
         sources: dict[str, Cells] = {}
         for col in self.spec.fields:
             data[col.name], bad, kind = self._field(col, rows, sources)
-            if bad is not None and bad.any():
-                first_bad[bad & (first_bad < 0)] = len(kinds)
-                kinds.append(kind)
-        valid = first_bad < 0
+            if bad is not None:
+                new = bad & (first_bad < 0)
+                if new.any():
+                    first_bad[new] = kinds.setdefault(kind, len(kinds))
         parsed = Parsed(rows.lines, data)
-        bad_lines = {kind: rows.lines[first_bad == k] for k, kind in enumerate(kinds)}
-        return (parsed if valid.all() else parsed.take(valid)), {k: v for k, v in bad_lines.items() if len(v)}
+        if not kinds:
+            return parsed, {}
+        return parsed.take(first_bad < 0), {kind: rows.lines[first_bad == k] for kind, k in kinds.items()}
 
     def _cells(self, rows: Rows, name: str) -> Cells:
         i = self.index[name]
@@ -525,7 +525,9 @@ class FittedVocab:
         if isinstance(values, Cells):
             return self.vocab.encode(values.labels)[values.inverse]
         found = self._codes.get_indexer(values.codes)
-        positions = np.where(found >= 0, self._positions[np.maximum(found, 0)], -1) if len(found) else found
+        positions = np.full(len(found), -1, np.int64)  # not kept
+        hit = found >= 0
+        positions[hit] = self._positions[found[hit]]
         missing = np.isin(values.codes, self._missing)
         return ids_from_positions(positions, missing).astype(np.int32)
 

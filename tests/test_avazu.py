@@ -93,3 +93,19 @@ def test_one_file_split_and_loader(tmp_path: Path) -> None:
     batch = next(iter(make_loader(out, "train", 256, train=True, num_workers=0)))
     assert batch["sparse"].shape == (256, 24) and batch["label"].shape == (256, 1)
     assert np.isin(batch["label"].numpy(), [0, 1]).all()
+
+
+def test_bad_rows_counted_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    lines = TRAIN.read_text().splitlines()[:21]
+    lines[3] = lines[3].replace(",14102100,", ",14xx2100,")  # line 4: hour is no time (three fields derive from it)
+    lines[5] = lines[5].rsplit(",", 1)[0]  # line 6: 23 columns
+    lines[7] = lines[7].replace(",0,14102100,", ",2,14102100,")  # line 8: click is neither 0 nor 1
+    raw = tmp_path / "bad.csv"
+    raw.write_text("\n".join(lines) + "\n")
+    assert preprocess.main(["avazu", "--input", str(raw), "--out", str(tmp_path / "s"), "--split", "1,0,0"]) == 0
+    stats = StoreReader(tmp_path / "s").meta["stats"]
+    assert stats["skipped_by_reason"] == {"bad time in 'hour'": 1, "wrong number of columns (expected 24)": 1,
+                                          "bad label in 'click'": 1}
+    assert stats["skipped_first_lines"]["bad time in 'hour'"] == ["bad.csv:4"] and stats["rows"] == 17
+    assert preprocess.main(["avazu", "--input", str(raw), "--out", str(tmp_path / "t"), "--strict"]) == 1
+    assert f"{raw} line 4: bad time in 'hour'" in capsys.readouterr().err
