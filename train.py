@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
