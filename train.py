@@ -260,19 +260,30 @@ def apply_saved(args: argparse.Namespace, hparams: dict[str, Any], saved: dict[s
     return argparse.Namespace(**merged), saved_hp
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Ranges of the numeric flags."""
+def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
+    """Ranges of the numeric flags; a NaN or infinite float is refused everywhere, the model's too."""
     positive = ("epochs", "batch_size", "patience", "log_every", "cpu_procs")
-    non_negative = ("num_workers", "eval_every", "ckpt_every", "max_steps", "lr_patience", "embed_l2",
-                    "weight_decay", "ckpt_minutes")
+    non_negative = ("num_workers", "eval_every", "ckpt_every", "max_steps", "lr_patience")
     for k in positive:
         if getattr(args, k) < 1:
             raise UsageError(f"--{k} must be >= 1, got {getattr(args, k)}")
     for k in non_negative:
         if getattr(args, k) < 0:
             raise UsageError(f"--{k} must be >= 0, got {getattr(args, k)}")
-    if not 0 < args.lr_decay_factor < 1:
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    for k in ("weight_decay", "embed_l2", "min_lr", "ckpt_minutes"):
+        if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
+            raise UsageError(f"--{k} must be a finite number >= 0, got {getattr(args, k)}")
+    if not 0 < args.lr_decay_factor < 1:  # also refuses NaN
         raise UsageError(f"--lr_decay_factor must be in (0, 1), got {args.lr_decay_factor}")
+    weights = args.task_weights or ()
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise UsageError(f"--task_weights must be finite numbers >= 0, got {' '.join(map(str, weights))}")
+    for k, v in hparams.items():  # the model checks its own ranges; NaN passes most comparisons
+        values = v if isinstance(v, tuple) else (v,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            raise UsageError(f"--{k} must be a finite number, got {v if isinstance(v, float) else values}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -587,8 +598,12 @@ def default_run_dir(args: argparse.Namespace) -> Path:
 
 def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size: int) -> dict[str, Any]:
     """The full config of a run (checked): flags, model hyperparameters, run dir, store path and metadata."""
-    check_args(args)
+    check_args(args, hparams)
     store = open_store(args.data)
+    chunks = store.num_chunks("train")
+    if chunks < world_size:  # the loader gives every training rank at least one chunk of its own
+        raise UsageError(f"store {args.data} has {chunks} train chunks, fewer than the {world_size} processes; "
+                         f"use fewer processes or preprocess with a smaller --chunk-size")
     if args.resume:
         saved = load_checkpoint(Path(args.resume) / "last.pt", mmap=True)["config"]
         check_store_matches(store, saved)
