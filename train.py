@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import errno
+import hashlib
 import inspect
+import io
 import json
 import math
 import os
 import random
+import shutil
 import socket
+import struct
 import sys
 import time
 import types
@@ -68,8 +73,16 @@ class UsageError(Exception):
     """Bad flags or inputs: reported as one line naming the fix, exit code 2."""
 
 
-class NonFiniteLossError(RuntimeError):
+class RunFailed(Exception):
+    """The run cannot go on (a full disk, a corrupt checkpoint, a lost rank): one line, exit code 1."""
+
+
+class NonFiniteLossError(RunFailed):
     """The loss or the weights became NaN/inf: reported as one line, exit code 1."""
+
+
+class CorruptCheckpointError(RunFailed):
+    """A checkpoint whose bytes differ from those train.py wrote (its checksum does not match)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -218,7 +231,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     argv = with_preset(sys.argv[1:] if argv is None else list(argv))
     first, _ = base_parser(add_help=False).parse_known_args(argv)
     ckpt = checkpoint_path(first)
-    saved = load_checkpoint(ckpt, mmap=True)["config"] if ckpt else None
+    try:
+        saved = load_checkpoint(ckpt, mmap=True)["config"] if ckpt else None
+    except CorruptCheckpointError as e:
+        if first.resume:
+            raise CorruptCheckpointError(f"{e}; it cannot be resumed: {best_status(Path(first.resume))}") from None
+        raise
     try:
         cls = models.get_model_class(saved["model"] if saved else first.model)
     except ValueError as e:
@@ -233,6 +251,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         args, hparams = apply_saved(args, hparams, saved, given_flags(parser, argv))
     args.model = cls.__name__
     return args, hparams
+
+
+def best_status(run_dir: Path) -> str:
+    """Whether ``run_dir``'s best.pt can still be scored (said when its last.pt cannot be resumed)."""
+    step = saved_steps(run_dir).get("best.pt", -1)
+    if step is None:
+        return "best.pt is corrupt too; start a new run"
+    if step < 0:
+        return "there is no best.pt; start a new run"
+    return f"{run_dir / 'best.pt'} is intact (step {step}): score it with --eval_only {run_dir}, or start a new run"
 
 
 def _plain(value: Any) -> Any:
@@ -529,25 +557,120 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file in the same dir, fsync, then os.replace: ``path`` is always whole."""
+# A checkpoint is torch.save's bytes followed by a trailer: their sha256, their length and a magic
+# string. torch.load reads the file as it is (a zip archive ignores trailing bytes), load_checkpoint
+# verifies the trailer first. A file without the trailer (written before it existed) loads unverified:
+# a trailer damaged alone leaves torch.save's bytes intact, and damage that reaches them makes the
+# archive unreadable.
+CHECKSUM = struct.Struct("<32sQ8s")  # sha256 of the torch.save bytes, their length, CHECKSUM_MAGIC
+CHECKSUM_MAGIC = b"CTRsha1\n"
+
+
+def human_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def write_atomic(path: Path, parts: list[bytes | memoryview]) -> None:
+    """Write ``parts`` to a temp file next to ``path`` (``.<name>.tmp-<pid>``), fsync, rename: ``path`` is
+    either its old content or the whole new one. On any failure the temp file is removed; a full disk
+    is a :class:`RunFailed` naming the space the file needs and the space free."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # also KeyboardInterrupt: nothing half-written stays behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            need, free = sum(len(p) for p in parts), shutil.disk_usage(path.parent).free
+            raise RunFailed(f"no space left on the disk of {path.parent}: writing {path.name} needs "
+                            f"{human_bytes(need)}, {human_bytes(free)} are free") from None
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save ``state`` with its checksum trailer, atomically (:func:`write_atomic`)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
+    trailer = CHECKSUM.pack(hashlib.sha256(payload).digest(), len(payload), CHECKSUM_MAGIC)
+    write_atomic(path, [payload, trailer])
+
+
+def checksum_problem(path: Path) -> str | None:
+    """Why ``path``'s bytes are not those train.py wrote, or None (they are, or the file has no trailer)."""
+    size = path.stat().st_size
+    if size < CHECKSUM.size:
+        return None
+    with open(path, "rb") as f:
+        f.seek(size - CHECKSUM.size)
+        digest, length, magic = CHECKSUM.unpack(f.read(CHECKSUM.size))
+        if magic != CHECKSUM_MAGIC:
+            return None
+        if length != size - CHECKSUM.size:
+            return f"it holds {size - CHECKSUM.size} bytes before its checksum, {length} were written"
+        f.seek(0)
+        sha = hashlib.sha256()
+        while chunk := f.read(min(2**20, length)):
+            sha.update(chunk)
+            length -= len(chunk)
+        if sha.digest() != digest:
+            return "its sha256 differs from the one written with it"
+    return None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Verify ``path``'s checksum, then torch.load it (weights_only; ``mmap``: tensors stay on disk)."""
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}: pass a run dir of train.py (it holds last.pt and best.pt) "
                          f"or a .pt file it wrote")
+    problem = checksum_problem(path)
+    if problem:
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {problem}")
     try:
         return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
     except Exception as e:  # torch raises several types for a truncated or foreign file
-        raise UsageError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {e}); "
-                         f"it is not a checkpoint written by train.py") from None
+        raise UsageError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {e}); it is damaged or "
+                         f"not a checkpoint written by train.py") from None
+
+
+def saved_steps(run_dir: Path) -> dict[str, int | None]:
+    """The checkpoints in ``run_dir`` -> the step each holds (None: unreadable or corrupt)."""
+    steps: dict[str, int | None] = {}
+    for name in ("last.pt", "best.pt"):
+        if (run_dir / name).is_file():
+            try:
+                steps[name] = int(load_checkpoint(run_dir / name, mmap=True)["progress"]["global_step"])
+            except (UsageError, RunFailed):
+                steps[name] = None
+    return steps
+
+
+def _listing(steps: dict[str, int | None]) -> str:
+    return " and ".join(f"{name} from step {step}" if step is not None else f"a corrupt {name}"
+                        for name, step in steps.items())
+
+
+def what_was_saved(run_dir: Path) -> str:
+    """'<run_dir> holds last.pt from step 40 and best.pt from step 30', or 'nothing was saved in <run_dir>'."""
+    steps = saved_steps(run_dir)
+    return f"{run_dir} holds {_listing(steps)}" if steps else f"nothing was saved in {run_dir}"
+
+
+def resume_advice(run_dir: Path) -> str:
+    """How to go on after a failure, from what ``run_dir`` holds."""
+    steps = saved_steps(run_dir)
+    if steps.get("last.pt") is None:
+        return f"{what_was_saved(run_dir)}: start the run again"
+    return f"resume with --resume {run_dir} (it holds {_listing(steps)})"
 
 
 def weights_finite(model: nn.Module) -> bool:
@@ -701,7 +824,10 @@ class Trainer:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          rng=capture_rng())
             self.last_save = time.monotonic()
-        save_checkpoint(self.run_dir / name, state)
+        try:
+            save_checkpoint(self.run_dir / name, state)
+        except RunFailed as e:  # a full disk
+            raise RunFailed(f"{e}; free some space, then {resume_advice(self.run_dir)}") from None
 
     def checkpoint_due(self) -> bool:
         every = self.args.ckpt_every and self.progress.global_step % self.args.ckpt_every == 0
@@ -813,7 +939,7 @@ class Trainer:
             self.writer.add_hparams({k: hparam_value(v) for k, v in hparams.items()}, final, run_name=".",
                                     global_step=p.global_step)
             self.writer.close()
-            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            write_atomic(self.run_dir / "metrics.json", [json.dumps(result, indent=2).encode()])
         return result
 
 
@@ -841,7 +967,7 @@ def spawned(index: int, devices: list[torch.device], config: dict[str, Any]) -> 
     """Entry of a process started by :func:`torch.multiprocessing.spawn`: known errors print one line."""
     try:
         run(index, devices[index], config)
-    except (UsageError, NonFiniteLossError) as e:
+    except (UsageError, RunFailed) as e:
         if index == 0:
             print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, UsageError) else 1)
@@ -886,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except RunFailed as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     except mp.ProcessExitedException as e:  # a spawned rank failed; rank 0 printed why

@@ -8,16 +8,47 @@ into the file.
 """
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+import train
 from test_train import DEEPFM, run_main, write_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_store(tmp_path_factory.mktemp("store") / "planted", n_rows=600)
+
+
+def run_cli(argv: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """train.main in this process -> (exit code, stdout, stderr)."""
+    code = train.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def stopped_run(store: Path, run_dir: Path) -> Path:
+    """A run stopped by --max_steps 6 in its first epoch (8 steps), with last.pt and best.pt of step 6;
+    ``--resume run_dir --max_steps 12`` continues it."""
+    argv = [*DEEPFM, "--data", store, "--max_steps", "6", "--eval_every", "3", "--ckpt_every", "3",
+            "--model_save_dir", run_dir]
+    assert train.main([str(a) for a in argv]) == 0
+    return run_dir
+
+
+def corrupt(path: Path, seed: int = 0) -> None:
+    """Overwrite 256 bytes in the middle of ``path`` with random bytes (size unchanged)."""
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(np.random.default_rng(seed).bytes(256))
 
 
 def one_error_line(err: str) -> str:
@@ -55,3 +86,75 @@ def test_a_store_with_fewer_train_chunks_than_processes_is_refused_before_spawni
     assert (f"store {tiny} has 1 train chunks, fewer than the 2 processes; use fewer processes or preprocess "
             f"with a smaller --chunk-size") in one_error_line(err)
     assert not (tmp_path / "run").exists()
+
+
+# -- 4: checkpoints carry a checksum ---------------------------------------------------------------------
+
+
+def test_checkpoints_still_load_with_plain_torch_load(store: Path, tmp_path: Path):
+    run_dir = stopped_run(store, tmp_path / "run")
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["progress"]["global_step"] == 6
+    assert torch.equal(state["model"]["embedding.table.weight"],
+                       train.load_checkpoint(run_dir / "last.pt")["model"]["embedding.table.weight"])
+
+
+def test_resume_of_a_corrupt_last_pt_names_it_and_says_whether_best_pt_is_intact(
+        store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    run_dir = stopped_run(store, tmp_path / "run")
+    files = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    corrupt(run_dir / "last.pt")
+    code, err = run_main(["--resume", run_dir, "--max_steps", "12"], capsys)
+    line = one_error_line(err)
+    assert code == 1 and f"checkpoint {run_dir / 'last.pt'} is corrupt" in line
+    assert f"{run_dir / 'best.pt'} is intact (step 6)" in line and f"--eval_only {run_dir}" in line
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(files)
+    assert (run_dir / "best.pt").read_bytes() == files["best.pt"]
+
+    corrupt(run_dir / "best.pt", seed=1)
+    code, err = run_main(["--resume", run_dir, "--max_steps", "12"], capsys)
+    assert code == 1 and "best.pt is corrupt too" in one_error_line(err)
+
+
+def test_eval_only_of_a_corrupt_best_pt_is_a_clear_error(store: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture):
+    run_dir = stopped_run(store, tmp_path / "run")
+    corrupt(run_dir / "best.pt")
+    code, err = run_main(["--eval_only", run_dir, "--num_workers", "0"], capsys)
+    assert code == 1 and f"checkpoint {run_dir / 'best.pt'} is corrupt" in one_error_line(err)
+
+
+# -- 3: a full disk -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 20 MiB tmpfs (needs root; skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_with_the_space_needed_and_keeps_the_checkpoints(
+        store: Path, small_disk: Path, capsys: pytest.CaptureFixture):
+    run_dir = stopped_run(store, small_disk / "run")
+    kept = {name: (run_dir / name).read_bytes() for name in ("last.pt", "best.pt")}
+    with open(small_disk / "filler", "wb") as f:  # leave 8 KiB: the resumed run's event file fits, a checkpoint not
+        f.write(bytes(shutil.disk_usage(small_disk).free - 8192))
+    code, err = run_main(["--resume", run_dir, "--max_steps", "12"], capsys)
+    line = one_error_line(err)
+    assert code == 1
+    assert re.search(rf"no space left on the disk of {run_dir}: writing (last|best)\.pt needs [\d.]+ KiB, "
+                     rf"[\d.]+ KiB are free", line), line
+    assert f"resume with --resume {run_dir} (it holds last.pt from step 6 and best.pt from step 6)" in line
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    assert not list(run_dir.glob(".*.tmp-*"))
+
+    (small_disk / "filler").unlink()
+    assert run_main(["--resume", run_dir, "--max_steps", "12"])[0] == 0
