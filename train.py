@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import socket
 import struct
@@ -673,6 +674,35 @@ def resume_advice(run_dir: Path) -> str:
     return f"resume with --resume {run_dir} (it holds {_listing(steps)})"
 
 
+TEMP_FILE = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Temp files of :func:`write_atomic` whose process is gone (killed in mid-write) are removed, with one
+    line each; one whose process still runs is another command's write in progress and stays."""
+    for path in sorted(run_dir.iterdir()):
+        match = TEMP_FILE.fullmatch(path.name)
+        if not match or not path.is_file():
+            continue
+        pid = int(match["pid"])
+        if pid_alive(pid):
+            print(f"train.py: kept {path}: process {pid} is still running")
+            continue
+        size = path.stat().st_size
+        path.unlink(missing_ok=True)
+        print(f"train.py: removed {path} ({human_bytes(size)}), left by process {pid}, which is gone")
+
+
 def weights_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -734,6 +764,8 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
             raise UsageError(f"--resume: the run was trained by {saved['world_size']} process(es), this command "
                              f"starts {world_size}; pass the same --gpu_ids / --cpu_procs for an exact resume")
         run_dir = Path(args.resume)
+        if int(os.environ.get("RANK", 0)) == 0:  # the launching process (torchrun: rank 0's)
+            remove_leftovers(run_dir)
     else:
         run_dir = Path(args.model_save_dir) if args.model_save_dir else default_run_dir(args)
         if (run_dir / "last.pt").exists():

@@ -124,6 +124,40 @@ def test_eval_only_of_a_corrupt_best_pt_is_a_clear_error(store: Path, tmp_path: 
     assert code == 1 and f"checkpoint {run_dir / 'best.pt'} is corrupt" in one_error_line(err)
 
 
+# -- 5: temp files of killed checkpoint writes -----------------------------------------------------------
+
+HALF_WRITER = ("import os, sys, time\n"
+               "f = open(sys.argv[1].format(pid=os.getpid()), 'wb')\n"
+               "f.write(os.urandom(1 << 20)); f.flush()\n"
+               "print(os.getpid(), flush=True); time.sleep(60)")
+
+
+def half_written(run_dir: Path, name: str) -> tuple[subprocess.Popen, Path]:
+    """A process that has written 1 MiB of ``.<name>.tmp-<its pid>`` in ``run_dir`` and is still at it."""
+    proc = subprocess.Popen([sys.executable, "-c", HALF_WRITER, str(run_dir / f".{name}.tmp-{{pid}}")],
+                            stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    return proc, run_dir / f".{name}.tmp-{pid}"
+
+
+def test_resume_removes_temp_files_of_killed_writers_and_keeps_those_of_live_ones(
+        store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    run_dir = stopped_run(store, tmp_path / "run")
+    killed, killed_tmp = half_written(run_dir, "last.pt")
+    killed.kill()
+    killed.wait()
+    live, live_tmp = half_written(run_dir, "best.pt")
+    try:
+        code, out, err = run_cli(["--resume", run_dir, "--max_steps", "12"], capsys)
+        assert code == 0, err
+        assert not killed_tmp.exists() and live_tmp.stat().st_size == 1 << 20
+        assert f"removed {killed_tmp} (1.0 MiB), left by process {killed.pid}, which is gone" in out
+        assert f"kept {live_tmp}: process {live.pid} is still running" in out
+    finally:
+        live.kill()
+        live.wait()
+
+
 # -- 3: a full disk -------------------------------------------------------------------------------------
 
 
