@@ -487,7 +487,7 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
     value = mean_over_ranks(loss.detach(), ctx)
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the training loss is {value} at step {step}; no update was made. Lower --lr, "
-                                 f"raise --embed_l2 or check the data; last.pt holds the last good state")
+                                 f"raise --embed_l2 or check the data")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients are averaged over ranks here
     optimizer.step()
@@ -532,8 +532,13 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...
 
 
 def evaluate(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False) -> tuple[dict[str, float], int]:
-    """-> (metrics of the whole split, number of rows scored)."""
+    """-> (metrics of the whole split, number of rows scored). NaN/inf predictions (weights grown too large,
+    NaN inputs) raise :class:`NonFiniteLossError` (scikit-learn would raise a bare ValueError)."""
     labels, probs = predict(model, loader, ctx, amp)
+    bad = int((~np.isfinite(probs)).any(axis=1).sum())
+    if bad:
+        raise NonFiniteLossError(f"the model predicts NaN/inf for {bad} of the {len(probs)} "
+                                 f"{loader.dataset.split} rows")
     return compute_metrics(labels, probs, model.tasks), len(labels)
 
 
@@ -850,7 +855,7 @@ class Trainer:
             return
         if not weights_finite(self.model):
             raise NonFiniteLossError(f"the weights became NaN/inf by step {self.progress.global_step}; {name} was "
-                                     f"not overwritten. Lower --lr or raise --embed_l2")
+                                     f"not written. Lower --lr or raise --embed_l2")
         state = {"model": self.model.state_dict(), "config": self.config, "progress": asdict(self.progress)}
         if name == "last.pt":
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
@@ -894,12 +899,17 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
         p = self.progress
-        while not p.stop_reason and p.epoch < self.args.epochs:
-            self.train_epoch()
-        p.stop_reason = p.stop_reason or "epochs"
-        if p.last_eval_step != p.global_step:
-            self.validate()
-        self.save("last.pt")
+        try:
+            while not p.stop_reason and p.epoch < self.args.epochs:
+                self.train_epoch()
+            p.stop_reason = p.stop_reason or "epochs"
+            if p.last_eval_step != p.global_step:
+                self.validate()
+            self.save("last.pt")
+        except NonFiniteLossError as e:
+            if self.ctx.master:  # what the run dir holds now, so the user knows what is left
+                raise NonFiniteLossError(f"{e}; {what_was_saved(self.run_dir)}") from None
+            raise
         return self.test()
 
     def train_epoch(self) -> None:
@@ -938,7 +948,11 @@ class Trainer:
     def validate(self) -> None:
         """Evaluate on valid; update best.pt, the LR scheduler and the patience counter."""
         p = self.progress
-        metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp)
+        try:
+            metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e} at step {p.global_step}. Lower --lr, raise --embed_l2 or check the "
+                                     f"data") from None
         p.last_eval_step = p.global_step
         self.log("valid", metrics)
         self.scheduler.step(metrics["auc"])

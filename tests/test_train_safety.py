@@ -88,6 +88,37 @@ def test_a_store_with_fewer_train_chunks_than_processes_is_refused_before_spawni
     assert not (tmp_path / "run").exists()
 
 
+# -- 7: a NaN stop says what was actually saved ---------------------------------------------------------
+
+
+def test_nan_before_any_checkpoint_says_nothing_was_saved(store: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture):
+    run_dir = tmp_path / "nan"
+    code, err = run_main([*DEEPFM, "--data", store, "--lr", "1e30", "--model_save_dir", run_dir], capsys)
+    line = one_error_line(err)
+    assert code == 1 and "at step 2" in line
+    assert f"nothing was saved in {run_dir}" in line and "last.pt holds" not in line
+    assert not (run_dir / "last.pt").exists() and not (run_dir / "best.pt").exists()
+
+
+def test_nan_after_a_checkpoint_names_its_step(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    run_dir = tmp_path / "nan"
+    code, err = run_main([*DEEPFM, "--data", store, "--lr", "1e30", "--ckpt_every", "1", "--model_save_dir",
+                          run_dir], capsys)
+    line = one_error_line(err)
+    assert code == 1 and "at step 2" in line and line.endswith(f"{run_dir} holds last.pt from step 1")
+
+
+def test_nan_predictions_in_validation_are_one_line_not_a_scikit_learn_error(
+        store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    run_dir = tmp_path / "nan"  # after one step of lr 1e30 the FM term overflows: the predictions are NaN
+    code, err = run_main([*DEEPFM, "--data", store, "--lr", "1e30", "--eval_every", "1", "--model_save_dir",
+                          run_dir], capsys)
+    line = one_error_line(err)
+    assert code == 1 and "the model predicts NaN/inf for 60 of the 60 valid rows at step 1" in line
+    assert line.endswith(f"nothing was saved in {run_dir}")
+
+
 # -- 4: checkpoints carry a checksum ---------------------------------------------------------------------
 
 
