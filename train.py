@@ -750,8 +750,72 @@ def check_store_matches(store: StoreReader, saved: dict[str, Any]) -> None:
                          f"(different fields, vocab sizes or labels); pass --data {saved['store']['path']}")
 
 
-def default_run_dir(args: argparse.Namespace) -> Path:
-    return Path("checkpoints") / args.model / (args.run_name or time.strftime("%Y%m%d-%H%M%S"))
+def create_run_dir(args: argparse.Namespace) -> Path:
+    """Create a new run's directory, exclusively: two runs never share one. Called once per run, by the
+    launching process (torchrun: rank 0), which passes the result to every rank.
+
+    --model_save_dir: a new directory, or an empty one. --run_name: checkpoints/<model>/<name>, which
+    must not exist. Default: checkpoints/<model>/<timestamp>, with -2, -3, ... appended when a run
+    started in the same second took the name first."""
+    if args.model_save_dir:
+        run_dir = Path(args.model_save_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            if not run_dir.is_dir():
+                raise UsageError(f"--model_save_dir {run_dir} is a file; pass a new or empty directory") from None
+            entries = sorted(p.name for p in run_dir.iterdir())
+            if (run_dir / "last.pt").is_file():
+                raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick "
+                                 f"another --model_save_dir") from None
+            if entries:
+                shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+                raise UsageError(f"--model_save_dir {run_dir} is not empty (it holds {shown}) and holds no run to "
+                                 f"resume; pass a new or empty directory") from None
+        return run_dir
+    parent = Path("checkpoints") / args.model
+    parent.mkdir(parents=True, exist_ok=True)
+    if args.run_name:
+        run_dir = parent / args.run_name
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            if (run_dir / "last.pt").is_file():
+                raise UsageError(f"{run_dir} already exists: continue that run with --resume {run_dir}, or pick "
+                                 f"another --run_name") from None
+            raise UsageError(f"{run_dir} already exists and holds no last.pt to resume; pick another "
+                             f"--run_name") from None
+        return run_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        run_dir = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise UsageError(f"{parent} already holds runs {stamp} to {stamp}-999; pass --run_name")
+
+
+def prepare_run_dir(config: dict[str, Any]) -> None:
+    """The launching process, before any rank starts: a new run gets its directory (config["run_dir"] is
+    set) and claims it by creating config.json exclusively (an empty --model_save_dir raced by another
+    run); a resumed run loses the temp files of killed writes and gets the config of this command."""
+    args = argparse.Namespace(**config["train"], model=config["model"])
+    if args.resume:
+        run_dir = Path(config["run_dir"])
+        remove_leftovers(run_dir)
+        write_atomic(run_dir / "config.json", [json.dumps(config, indent=2, default=str).encode()])
+        return
+    run_dir = create_run_dir(args)
+    config["run_dir"] = str(run_dir)
+    try:
+        with open(run_dir / "config.json", "x") as f:
+            f.write(json.dumps(config, indent=2, default=str))
+    except FileExistsError:
+        raise UsageError(f"another run started in {run_dir} at the same time; pass another "
+                         f"--model_save_dir") from None
 
 
 def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size: int) -> dict[str, Any]:
@@ -768,18 +832,13 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
         if saved["world_size"] != world_size:
             raise UsageError(f"--resume: the run was trained by {saved['world_size']} process(es), this command "
                              f"starts {world_size}; pass the same --gpu_ids / --cpu_procs for an exact resume")
-        run_dir = Path(args.resume)
-        if int(os.environ.get("RANK", 0)) == 0:  # the launching process (torchrun: rank 0's)
-            remove_leftovers(run_dir)
+        run_dir: Path | None = Path(args.resume)
     else:
-        run_dir = Path(args.model_save_dir) if args.model_save_dir else default_run_dir(args)
-        if (run_dir / "last.pt").exists():
-            raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                             f"or pick another --run_name / --model_save_dir")
+        run_dir = None  # created by prepare_run_dir
     meta = store.meta
     return {"model": args.model, "model_hparams": hparams,
             "train": {k: v for k, v in vars(args).items() if k != "model"},
-            "run_dir": str(run_dir), "world_size": world_size,
+            "run_dir": str(run_dir) if run_dir else None, "world_size": world_size,
             "store": {"path": str(args.data), "dataset": meta.get("dataset"), "schema": meta["schema"],
                       "splits": meta["splits"], "options": meta.get("options", {})}}
 
@@ -895,9 +954,6 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train until the epochs, --max_steps or the patience run out; then score best.pt on test."""
-        if self.ctx.master:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
         p = self.progress
         try:
             while not p.stop_reason and p.epoch < self.args.epochs:
@@ -998,6 +1054,10 @@ def run(rank: int, device: torch.device, config: dict[str, Any]) -> dict[str, An
     world = config["world_size"]
     ctx = init_process(rank, world, device)
     try:
+        if torchrun_env() and world > 1:  # under torchrun, rank 0 created the run dir: take its name
+            shared = [config["run_dir"]]
+            dist.broadcast_object_list(shared, src=0)
+            config = {**config, "run_dir": shared[0]}
         trainer = Trainer(config, ctx)
         result = trainer.fit()
         del trainer  # DDP's reducer holds the group: release it, and leave together, before the group goes away
@@ -1031,6 +1091,24 @@ def launch(config: dict[str, Any], devices: list[torch.device]) -> None:
         mp.spawn(spawned, args=(devices, config), nprocs=len(devices), join=True)
 
 
+def tensorboard_command(run_dir: str | Path) -> str:
+    """A TensorBoard command for ``run_dir`` that works without an activated virtualenv: the tensorboard
+    installed next to this Python (``.venv/bin/tensorboard`` after the README's setup)."""
+    exe = Path(sys.executable).parent / "tensorboard"
+    if not exe.is_file():
+        return f"tensorboard --logdir {run_dir}"
+    relative = os.path.relpath(exe)
+    return f"{exe if relative.startswith('..') else relative} --logdir {run_dir}"
+
+
+def summary(run_dir: Path) -> str:
+    """The last line of a finished run: why it stopped, its valid and test metrics, where it is."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return (f"done ({m['stop_reason']}, {m['global_step']} steps): best valid AUC {m['valid']['auc']:.5f} at step "
+            f"{m['best_step']}, test AUC {m['test']['auc']:.5f} logloss {m['test']['logloss']:.5f}; run dir {run_dir} "
+            f"(TensorBoard: {tensorboard_command(run_dir)})")
+
+
 def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     """--eval_only: score a checkpoint on the store's test split (one process: first --gpu_ids id or CPU)."""
     path = checkpoint_path(args)
@@ -1054,7 +1132,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         devices = plan_devices(args)
         world = int(os.environ["WORLD_SIZE"]) if torchrun_env() else len(devices)
-        launch(resolve_config(args, hparams, world), devices)
+        config = resolve_config(args, hparams, world)
+        launcher = not torchrun_env() or os.environ["RANK"] == "0"
+        if launcher:
+            prepare_run_dir(config)
+            print(f"train.py: run dir {config['run_dir']} (TensorBoard: {tensorboard_command(config['run_dir'])})",
+                  flush=True)
+        launch(config, devices)
+        if launcher:
+            print(f"train.py: {summary(Path(config['run_dir']))}", flush=True)
     except UsageError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

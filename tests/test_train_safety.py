@@ -8,6 +8,7 @@ into the file.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 import train
+from conftest import ROOT
 from test_train import DEEPFM, run_main, write_store
 
 
@@ -223,3 +225,70 @@ def test_a_full_disk_is_one_line_with_the_space_needed_and_keeps_the_checkpoints
 
     (small_disk / "filler").unlink()
     assert run_main(["--resume", run_dir, "--max_steps", "12"])[0] == 0
+
+
+# -- 1: every run gets a directory of its own ------------------------------------------------------------
+
+SAME_SECOND = ("import runpy, sys, time\n"
+               "sys.path.insert(0, sys.argv[1])\n"
+               "time.strftime = lambda fmt, *a: '20240101-000000'  # both runs start 'in the same second'\n"
+               "script, sys.argv = sys.argv[1] + '/train.py', ['train.py', *sys.argv[2:]]\n"
+               "runpy.run_path(script, run_name='__main__')\n")
+
+
+def test_two_runs_started_in_the_same_second_get_a_directory_each(store: Path, tmp_path: Path):
+    argv = [sys.executable, "-c", SAME_SECOND, str(ROOT), *map(str, DEEPFM), "--data", str(store), "--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    runs = tmp_path / "checkpoints" / "DeepFM"
+    assert sorted(p.name for p in runs.iterdir()) == ["20240101-000000", "20240101-000000-2"]
+    writers = set()
+    for run_dir in runs.iterdir():
+        config = json.loads((run_dir / "config.json").read_text())
+        assert Path(config["run_dir"]) == run_dir.relative_to(tmp_path)
+        assert json.loads((run_dir / "metrics.json").read_text())["stop_reason"] == "epochs"
+        pids = {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}  # ...<host>.<pid>.<n>
+        assert len(pids) == 1  # one process wrote every event file of the run
+        writers |= pids
+    assert len(writers) == 2
+    printed = sorted(re.findall(r"run dir (\S+) \(TensorBoard", out)[0] for out, _ in outputs)
+    assert printed == [f"checkpoints/DeepFM/{name}" for name in ("20240101-000000", "20240101-000000-2")]
+
+
+def test_an_existing_run_name_is_refused_and_names_resume(store: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture):
+    monkeypatch.chdir(tmp_path)
+    argv = [*DEEPFM, "--data", store, "--run_name", "exp", "--lr", "1e30"]  # stops at step 2, nothing saved
+    assert run_main(argv, capsys)[0] == 1
+    run_dir = Path("checkpoints/DeepFM/exp")
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    code, err = run_main(argv, capsys)
+    assert code == 2
+    assert (f"{run_dir} already exists and holds no last.pt to resume; pick another --run_name"
+            in one_error_line(err))
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+    code, err = run_main([*DEEPFM, "--data", store, "--run_name", "done", "--max_steps", "2"], capsys)
+    assert code == 0
+    code, err = run_main([*DEEPFM, "--data", store, "--run_name", "done", "--max_steps", "2"], capsys)
+    assert code == 2 and (f"checkpoints/DeepFM/done already exists: continue that run with --resume "
+                          f"checkpoints/DeepFM/done, or pick another --run_name") in one_error_line(err)
+
+
+def test_model_save_dir_must_be_new_or_empty(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not train.py's")
+    code, err = run_main([*DEEPFM, "--data", store, "--model_save_dir", mine], capsys)
+    assert code == 2 and (f"--model_save_dir {mine} is not empty (it holds notes.txt) and holds no run to "
+                          f"resume; pass a new or empty directory") in one_error_line(err)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _ = run_main([*DEEPFM, "--data", store, "--max_steps", "2", "--model_save_dir", empty], capsys)
+    assert code == 0 and (empty / "metrics.json").is_file()
