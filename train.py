@@ -750,6 +750,19 @@ def check_store_matches(store: StoreReader, saved: dict[str, Any]) -> None:
                          f"(different fields, vocab sizes or labels); pass --data {saved['store']['path']}")
 
 
+def finished(progress: dict[str, Any], args: argparse.Namespace) -> str | None:
+    """Why a run whose last.pt holds ``progress`` would train no further step under ``args`` (and which flag
+    would continue it), or None. The same rules as :meth:`Trainer.stop_on_resume` and :meth:`Trainer.fit`."""
+    step = progress["global_step"]
+    if progress["stop_reason"] == "early_stopping":
+        return f"early stopping ended it at step {step}; early stopping is final, start a new run to train more"
+    if args.max_steps and step >= args.max_steps:
+        return f"it reached --max_steps {args.max_steps}; pass a larger --max_steps to continue it"
+    if progress["epoch"] >= args.epochs:
+        return f"it trained all {args.epochs} epochs (step {step}); pass a larger --epochs to continue it"
+    return None
+
+
 def create_run_dir(args: argparse.Namespace) -> Path:
     """Create a new run's directory, exclusively: two runs never share one. Called once per run, by the
     launching process (torchrun: rank 0), which passes the result to every rank.
@@ -827,12 +840,16 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
         raise UsageError(f"store {args.data} has {chunks} train chunks, fewer than the {world_size} processes; "
                          f"use fewer processes or preprocess with a smaller --chunk-size")
     if args.resume:
-        saved = load_checkpoint(Path(args.resume) / "last.pt", mmap=True)["config"]
+        last = load_checkpoint(Path(args.resume) / "last.pt", mmap=True)
+        saved = last["config"]
         check_store_matches(store, saved)
         if saved["world_size"] != world_size:
             raise UsageError(f"--resume: the run was trained by {saved['world_size']} process(es), this command "
                              f"starts {world_size}; pass the same --gpu_ids / --cpu_procs for an exact resume")
         run_dir: Path | None = Path(args.resume)
+        done = finished(last["progress"], args)
+        if done and (run_dir / "metrics.json").is_file():  # else it stopped before its test: let it finish
+            raise UsageError(f"the run in {run_dir} is finished: {done}; nothing was changed")
     else:
         run_dir = None  # created by prepare_run_dir
     meta = store.meta

@@ -292,3 +292,34 @@ def test_model_save_dir_must_be_new_or_empty(store: Path, tmp_path: Path, capsys
     empty.mkdir()
     code, _ = run_main([*DEEPFM, "--data", store, "--max_steps", "2", "--model_save_dir", empty], capsys)
     assert code == 0 and (empty / "metrics.json").is_file()
+
+
+# -- 8: --resume of a finished run ------------------------------------------------------------------------
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.iterdir()}
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(store: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture):
+    by_epochs = tmp_path / "epochs"
+    assert run_main([*DEEPFM, "--data", store, "--epochs", "1", "--model_save_dir", by_epochs], capsys)[0] == 0
+    by_steps = stopped_run(store, tmp_path / "steps")
+    early = stopped_run(store, tmp_path / "early")
+    state = train.load_checkpoint(early / "last.pt")
+    state["progress"]["stop_reason"] = "early_stopping"
+    train.save_checkpoint(early / "last.pt", state)
+
+    for run_dir, message in ((by_epochs, "it trained all 1 epochs (step 8); pass a larger --epochs to continue it"),
+                             (by_steps, "it reached --max_steps 6; pass a larger --max_steps to continue it"),
+                             (early, "early stopping ended it at step 6; early stopping is final")):
+        before = snapshot(run_dir)
+        code, err = run_main(["--resume", run_dir], capsys)
+        line = one_error_line(err)
+        assert code == 2 and f"the run in {run_dir} is finished: {message}" in line
+        assert line.endswith("nothing was changed")
+        assert snapshot(run_dir) == before
+
+    code, out, _ = run_cli(["--resume", by_epochs, "--epochs", "2"], capsys)
+    assert code == 0 and json.loads((by_epochs / "metrics.json").read_text())["epochs"] == 2
