@@ -27,6 +27,7 @@ import inspect
 import io
 import json
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -1088,6 +1089,8 @@ def run(rank: int, device: torch.device, config: dict[str, Any]) -> dict[str, An
 
 def spawned(index: int, devices: list[torch.device], config: dict[str, Any]) -> None:
     """Entry of a process started by :func:`torch.multiprocessing.spawn`: known errors print one line."""
+    if sys.platform.startswith("linux"):  # loader workers fork, as in a torchrun rank or a single process;
+        multiprocessing.set_start_method("fork", force=True)  # spawn's default here re-imports torch per worker
     try:
         run(index, devices[index], config)
     except (UsageError, RunFailed) as e:
