@@ -26,12 +26,14 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import math
 import multiprocessing
 import os
 import random
 import re
 import shutil
+import signal
 import socket
 import struct
 import sys
@@ -1087,16 +1089,75 @@ def run(rank: int, device: torch.device, config: dict[str, Any]) -> dict[str, An
             dist.destroy_process_group()
 
 
-def spawned(index: int, devices: list[torch.device], config: dict[str, Any]) -> None:
-    """Entry of a process started by :func:`torch.multiprocessing.spawn`: known errors print one line."""
+LOST_PEER_EXIT = 3  # a rank whose collective failed because another rank is gone
+STOP_GRACE_S = 10.0  # after a rank fails, how long the others get to notice and stop before SIGTERM
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (NCCL: DistError; gloo: a RuntimeError
+    saying the connection closed)."""
+    text = str(e)
+    return isinstance(e, dist.DistError) or any(s in text for s in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused"))
+
+
+def spawned(index: int, devices: list[torch.device], config: dict[str, Any], errors: Any) -> None:
+    """Entry of a process started by :func:`spawn_ranks`. A known error goes to the launcher, which prints
+    one line for the whole run; a rank that only saw another rank go exits quietly with LOST_PEER_EXIT."""
     if sys.platform.startswith("linux"):  # loader workers fork, as in a torchrun rank or a single process;
         multiprocessing.set_start_method("fork", force=True)  # spawn's default here re-imports torch per worker
     try:
         run(index, devices[index], config)
     except (UsageError, RunFailed) as e:
-        if index == 0:
-            print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, UsageError) else 1)
+        code = 2 if isinstance(e, UsageError) else 1
+        errors.put((index, code, str(e)))
+        sys.exit(code)
+    except Exception as e:
+        if lost_peer(e):
+            sys.exit(LOST_PEER_EXIT)
+        raise
+
+
+def spawn_ranks(config: dict[str, Any], devices: list[torch.device]) -> None:
+    """DDP on this machine: one spawned process per device, rendezvous on a free local port. When a rank
+    fails the others get STOP_GRACE_S to stop on their own, then SIGTERM (their loader workers die with
+    them); the failure is raised as one line naming the rank that failed first, and how to go on."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(free_port())
+    errors = mp.get_context("spawn").SimpleQueue()
+    ranks = mp.start_processes(spawned, args=(devices, config, errors), nprocs=len(devices), join=False,
+                               start_method="spawn")
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # our line says what happened
+    try:
+        while not ranks.join(grace_period=STOP_GRACE_S):
+            pass
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as failure:
+        reports = {}
+        while not errors.empty():  # every rank has exited: what they put is all there
+            rank, code, message = errors.get()
+            reports[rank] = (code, message)
+        if reports:  # known errors: the lowest rank's message (rank 0 adds what the run dir holds)
+            code, message = reports[min(reports)]
+            raise (UsageError if code == 2 else RunFailed)(message) from None
+        codes = [p.exitcode for p in ranks.processes]
+        first = failure.error_index
+        if codes[first] == LOST_PEER_EXIT:  # joined first, but only saw another rank go: blame that one
+            first = next((r for r, c in enumerate(codes) if c not in (0, LOST_PEER_EXIT, -signal.SIGTERM)), first)
+        if isinstance(failure, mp.ProcessRaisedException) and first == failure.error_index:
+            raise  # an unexpected exception in a rank: a bug, keep its traceback
+        if codes[0] is not None and codes[0] < 0:
+            print(file=sys.stderr)  # rank 0 died by a signal: end the line its progress bar left open
+        code, pid = codes[first], ranks.processes[first].pid
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+            if code == -signal.SIGKILL:
+                how += " (sent by a user, or by the kernel when memory ran out: see dmesg)"
+        elif code == LOST_PEER_EXIT:
+            how = "lost its connection to the other ranks"
+        else:
+            how = f"exited with code {code}"
+        advice = resume_advice(Path(config["run_dir"]))
+        raise RunFailed(f"rank {first} (pid {pid}) {how}; the run stopped. {advice[0].upper()}{advice[1:]}") from None
 
 
 def launch(config: dict[str, Any], devices: list[torch.device]) -> None:
@@ -1105,10 +1166,8 @@ def launch(config: dict[str, Any], devices: list[torch.device]) -> None:
         run(int(os.environ["RANK"]), devices[int(os.environ["LOCAL_RANK"])], config)
     elif len(devices) == 1:
         run(0, devices[0], config)
-    else:  # DDP on this machine: one spawned process per device, rendezvous on a free local port
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(free_port())
-        mp.spawn(spawned, args=(devices, config), nprocs=len(devices), join=True)
+    else:
+        spawn_ranks(config, devices)
 
 
 def tensorboard_command(run_dir: str | Path) -> str:
@@ -1167,8 +1226,6 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
-    except mp.ProcessExitedException as e:  # a spawned rank failed; rank 0 printed why
-        return e.exit_code or 1
     return 0
 
 

@@ -12,8 +12,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +326,100 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(store: Path, tmp_p
 
     code, out, _ = run_cli(["--resume", by_epochs, "--epochs", "2"], capsys)
     assert code == 0 and json.loads((by_epochs / "metrics.json").read_text())["epochs"] == 2
+
+
+# -- 2: a rank killed with SIGKILL ------------------------------------------------------------------------
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm)": state, ppid
+
+
+def live_pids() -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for child in live_pids():
+        try:
+            if parent_of(child) == pid:
+                found.append(child)
+        except (OSError, IndexError):  # gone meanwhile
+            pass
+    return sorted(found)
+
+
+def processes_of_run(token: str) -> list[int]:
+    """Live processes (not zombies: theirs is empty) whose environment carries ``TRAIN_SAFETY_TOKEN=token``:
+    the command, its ranks, their loader workers, the multiprocessing helpers."""
+    found = []
+    for pid in live_pids():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"TRAIN_SAFETY_TOKEN={token}".encode() in environ:
+            found.append(pid)
+    return found
+
+
+def ranks_of(launcher: int) -> list[int]:
+    """The spawned ranks among ``launcher``'s children (not the multiprocessing resource tracker)."""
+    ranks = []
+    for pid in children(launcher):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                ranks.append(pid)
+        except OSError:
+            pass
+    return sorted(ranks)  # started in rank order
+
+
+def loader_workers(rank: int) -> list[int]:
+    """Children of ``rank`` in torch's DataLoader worker loop (it names them pt_data_worker just before it
+    calls worker_init_fn). Under DDP they are spawned, so they need seconds to import torch first."""
+    found = []
+    for pid in children(rank):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "pt_data_worker":
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_killed_rank_stops_the_run_with_one_line_and_leaves_no_process(victim: int, store: Path,
+                                                                         tmp_path: Path):
+    token = uuid.uuid4().hex
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAIN_SAFETY_TOKEN": token}
+    run_dir = tmp_path / "run"
+    argv = [*DEEPFM, "--data", store, "--epochs", "100", "--cpu_procs", "2", "--num_workers", "2",
+            "--ckpt_every", "2", "--model_save_dir", run_dir]
+    out, err = tmp_path / "out", tmp_path / "err"  # files, not pipes: an orphan holding a pipe blocks no read
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "train.py", *map(str, argv)], cwd=ROOT, env=env, stdout=stdout,
+                                stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until both ranks train, each with its 2 loader workers running torch's worker loop
+            ranks = ranks_of(proc.pid)
+            if len(ranks) == 2 and all(len(loader_workers(r)) >= 2 for r in ranks):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        os.kill(ranks[victim], signal.SIGKILL)
+        proc.wait(timeout=60)
+        line = one_error_line(err.read_text())
+        assert proc.returncode == 1
+        assert f"rank {victim} (pid {ranks[victim]}) was killed by SIGKILL" in line
+        assert "the run stopped" in line and str(run_dir) in line
+        deadline = time.monotonic() + 5
+        while processes_of_run(token) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_of_run(token) == []
+    finally:
+        for pid in processes_of_run(token):  # whatever the outcome, leave nothing running
+            os.kill(pid, signal.SIGKILL)
