@@ -12,9 +12,10 @@
 Data flows store -> loaders -> model -> loss -> optimizer. --batch_size is per process (the global batch
 is batch_size x processes). Every evaluation (each epoch, and every --eval_every steps) updates best.pt
 by valid AUC (the mean over tasks for multi-task models), steps ReduceLROnPlateau and counts toward
---patience. At the end best.pt is scored on the test split. Rank 0 writes the run dir
-(checkpoints/<model>/<run name> unless --model_save_dir): config.json, TensorBoard events, last.pt,
-best.pt, metrics.json. A flag given with --resume overrides the saved one, except the model, its
+--patience. At the end best.pt is scored on the test split. The launching process creates the run dir
+(checkpoints/<model>/<run name> unless --model_save_dir; a new directory for every run) and rank 0
+writes into it: config.json, TensorBoard events, last.pt, best.pt (both with a sha256 trailer),
+metrics.json. A flag given with --resume overrides the saved one, except the model, its
 hyperparameters, --batch_size and --seed, which cannot change.
 """
 from __future__ import annotations
@@ -879,6 +880,8 @@ def hparam_value(v: Any) -> int | float | str | bool:
 class Trainer:
     """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics."""
 
+    clock = staticmethod(time.monotonic)  # times the train/samples_per_s windows (tests replace it)
+
     def __init__(self, config: dict[str, Any], ctx: Ctx) -> None:
         self.config, self.ctx = config, ctx
         self.args = argparse.Namespace(**config["train"])
@@ -906,8 +909,10 @@ class Trainer:
                         "test": loader("test", train=False)}
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step if self.args.resume
                                     else None) if ctx.master else None
-        self.window: list[float] = []
-        self.window_start = self.last_save = time.monotonic()
+        self.window: list[float] = []  # losses of the steps since the last train/* point
+        self.window_rows = 0  # rows of those steps on this rank
+        self.window_start = self.clock()
+        self.last_save = time.monotonic()
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
@@ -961,14 +966,22 @@ class Trainer:
             tqdm.write(f"step {self.progress.global_step} epoch {self.progress.epoch} {prefix}: {shown}")
 
     def log_train(self) -> None:
-        now = time.monotonic()
-        if self.writer and self.window:
+        """train/* points for the steps since the last ones (every --log_every steps and at the end of each
+        epoch): mean loss, LR, and samples/s = every rank's rows over the window's time, evaluations
+        excluded. Called by every rank at the same steps (the row count is summed over ranks)."""
+        if not self.window:
+            return
+        rows = torch.tensor([self.window_rows], device=self.ctx.device)
+        if self.ctx.world_size > 1:
+            dist.all_reduce(rows)
+        seconds = max(self.clock() - self.window_start, 1e-9)
+        if self.writer:
             step = self.progress.global_step
-            rows = len(self.window) * self.args.batch_size * self.ctx.world_size
             self.writer.add_scalar("train/loss", sum(self.window) / len(self.window), step)
             self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
-            self.writer.add_scalar("train/samples_per_s", rows / max(now - self.window_start, 1e-9), step)
-        self.window, self.window_start = [], now
+            self.writer.add_scalar("train/samples_per_s", int(rows) / seconds, step)
+            self.writer.flush()
+        self.window, self.window_rows, self.window_start = [], 0, self.clock()
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -993,6 +1006,7 @@ class Trainer:
         loader.set_epoch(p.epoch, skip_batches=p.step_in_epoch)
         with torch.random.fork_rng(devices=[]):  # an iterator may draw seeds: keep the stream resumable
             batches = iter(loader)
+        self.window_start = self.clock()
         with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch}",
                   disable=not self.ctx.master, leave=False, dynamic_ncols=True) as bar:
             for batch in bar:
@@ -1001,17 +1015,21 @@ class Trainer:
                 p.step_in_epoch += 1
                 p.global_step += 1
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                self.after_step(loss)
+                self.after_step(loss, len(batch["label"]))
                 if p.stop_reason:
-                    return
+                    break
+        self.log_train()  # the epoch's last, partial window: a short run still gets a train curve
+        if p.stop_reason:
+            return
         p.epoch, p.step_in_epoch = p.epoch + 1, 0
         if p.last_eval_step != p.global_step:
             self.validate()
         self.save("last.pt")
 
-    def after_step(self, loss: float) -> None:
+    def after_step(self, loss: float, rows: int) -> None:
         p, args = self.progress, self.args
         self.window.append(loss)
+        self.window_rows += rows
         if p.global_step % args.log_every == 0:
             self.log_train()
         if args.eval_every and p.global_step % args.eval_every == 0:
@@ -1024,12 +1042,14 @@ class Trainer:
     def validate(self) -> None:
         """Evaluate on valid; update best.pt, the LR scheduler and the patience counter."""
         p = self.progress
+        started = self.clock()
         try:
             metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e} at step {p.global_step}. Lower --lr, raise --embed_l2 or check the "
                                      f"data") from None
         p.last_eval_step = p.global_step
+        self.window_start += self.clock() - started  # an evaluation inside a train window is not training time
         self.log("valid", metrics)
         self.scheduler.step(metrics["auc"])
         if metrics["auc"] > p.best_auc or p.best_step < 0:

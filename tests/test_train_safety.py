@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
 from conftest import ROOT
@@ -423,3 +424,33 @@ def test_a_killed_rank_stops_the_run_with_one_line_and_leaves_no_process(victim:
     finally:
         for pid in processes_of_run(token):  # whatever the outcome, leave nothing running
             os.kill(pid, signal.SIGKILL)
+
+
+# -- 9: what the user sees --------------------------------------------------------------------------------
+
+
+def test_a_short_run_gets_a_train_point_per_epoch_with_the_window_rows_per_second(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """480 train rows in batches of 100: 5 steps per epoch (the last of 80 rows), --log_every 100. A fake
+    clock advances 1 s per step and 100 s per evaluation, which the train window must not count."""
+    clock = [0.0]
+    train_step, evaluate = train.train_step, train.evaluate
+
+    def timed_step(*args, **kwargs):
+        clock[0] += 1.0
+        return train_step(*args, **kwargs)
+
+    def timed_evaluate(*args, **kwargs):
+        clock[0] += 100.0
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", timed_step)
+    monkeypatch.setattr(train, "evaluate", timed_evaluate)
+    monkeypatch.setattr(train.Trainer, "clock", staticmethod(lambda: clock[0]))
+    run_dir = tmp_path / "run"
+    assert train.main([*map(str, DEEPFM), "--data", str(store), "--epochs", "2", "--batch_size", "100",
+                       "--log_every", "100", "--model_save_dir", str(run_dir)]) == 0
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10]
+    assert [e.value for e in events.Scalars("train/samples_per_s")] == [480 / 5, 480 / 5]
