@@ -16,7 +16,8 @@ by valid AUC (the mean over tasks for multi-task models), steps ReduceLROnPlatea
 (checkpoints/<model>/<run name> unless --model_save_dir; a new directory for every run) and rank 0
 writes into it: config.json, TensorBoard events, last.pt, best.pt (both with a sha256 trailer),
 metrics.json. A flag given with --resume overrides the saved one, except the model, its
-hyperparameters, --batch_size and --seed, which cannot change.
+hyperparameters, --batch_size and --seed, which cannot change. Epochs are numbered from 1 wherever a
+person reads them (progress bar, log lines, metrics.json's best_epoch).
 """
 from __future__ import annotations
 
@@ -722,7 +723,9 @@ def weights_finite(model: nn.Module) -> bool:
 
 @dataclass
 class Progress:
-    """Where training stands; saved in every checkpoint. ``step_in_epoch`` batches of ``epoch`` are done."""
+    """Where training stands; saved in every checkpoint. ``epoch`` epochs are complete and ``step_in_epoch``
+    batches of the next one are done. People see epochs numbered from 1 (:attr:`epoch_number`): the
+    progress bar, the log lines and ``best_epoch``."""
 
     epoch: int = 0
     step_in_epoch: int = 0
@@ -734,6 +737,11 @@ class Progress:
     bad_evals: int = 0
     last_eval_step: int = -1
     stop_reason: str = ""  # "", "epochs", "early_stopping" or "max_steps"
+
+    @property
+    def epoch_number(self) -> int:
+        """The 1-based epoch the last step belongs to: the one in progress, or the one just completed."""
+        return self.epoch + (1 if self.step_in_epoch else 0)
 
 
 def open_store(path: str) -> StoreReader:
@@ -963,7 +971,7 @@ class Trainer:
             self.writer.flush()
         if self.ctx.master:
             shown = "  ".join(f"{k} {v:.5f}" for k, v in metrics.items())
-            tqdm.write(f"step {self.progress.global_step} epoch {self.progress.epoch} {prefix}: {shown}")
+            tqdm.write(f"step {self.progress.global_step} epoch {self.progress.epoch_number} {prefix}: {shown}")
 
     def log_train(self) -> None:
         """train/* points for the steps since the last ones (every --log_every steps and at the end of each
@@ -1007,7 +1015,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # an iterator may draw seeds: keep the stream resumable
             batches = iter(loader)
         self.window_start = self.clock()
-        with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch}",
+        with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch + 1}/{self.args.epochs}",
                   disable=not self.ctx.master, leave=False, dynamic_ncols=True) as bar:
             for batch in bar:
                 loss = train_step(self.ddp, to_device(batch, self.ctx.device), self.optimizer, self.loss_fn,
@@ -1053,7 +1061,7 @@ class Trainer:
         self.log("valid", metrics)
         self.scheduler.step(metrics["auc"])
         if metrics["auc"] > p.best_auc or p.best_step < 0:
-            p.best_auc, p.best_epoch, p.best_step, p.best_valid = metrics["auc"], p.epoch, p.global_step, metrics
+            p.best_auc, p.best_epoch, p.best_step, p.best_valid = metrics["auc"], p.epoch_number, p.global_step, metrics
             p.bad_evals = 0
             self.save("best.pt")
         else:

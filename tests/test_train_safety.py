@@ -454,3 +454,16 @@ def test_a_short_run_gets_a_train_point_per_epoch_with_the_window_rows_per_secon
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [5, 10]
     assert [e.value for e in events.Scalars("train/samples_per_s")] == [480 / 5, 480 / 5]
+
+
+def test_epochs_are_numbered_from_1_in_the_bar_the_log_lines_and_metrics(store: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture):
+    run_dir = tmp_path / "run"  # 8 steps per epoch, evaluations at steps 3 6 8 | 9 12 15 16
+    code, out, err = run_cli([*DEEPFM, "--data", store, "--epochs", "2", "--eval_every", "3",
+                              "--model_save_dir", run_dir], capsys)
+    assert code == 0
+    evaluations = re.findall(r"^step (\d+) epoch (\d+) valid:", out, flags=re.M)
+    assert evaluations == [("3", "1"), ("6", "1"), ("8", "1"), ("9", "2"), ("12", "2"), ("15", "2"), ("16", "2")]
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "epoch 0" not in err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["best_epoch"] == -(-metrics["best_step"] // 8)
