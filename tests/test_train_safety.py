@@ -429,6 +429,21 @@ def test_a_killed_rank_stops_the_run_with_one_line_and_leaves_no_process(victim:
 # -- 9: what the user sees --------------------------------------------------------------------------------
 
 
+def test_the_run_dir_and_a_tensorboard_command_that_works_are_printed_at_start_and_end(
+        store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    run_dir = tmp_path / "run"
+    code, out, _ = run_cli([*DEEPFM, "--data", store, "--epochs", "1", "--model_save_dir", run_dir], capsys)
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.startswith("train.py: ")]
+    tensorboard = Path(sys.executable).parent / "tensorboard"  # the README's .venv/bin/tensorboard
+    command = f"{os.path.relpath(tensorboard)} --logdir {run_dir}"
+    assert tensorboard.is_file() and lines[0] == f"train.py: run dir {run_dir} (TensorBoard: {command})"
+    assert lines[-1].startswith("train.py: done (epochs, 8 steps): best valid AUC ")
+    assert lines[-1].endswith(f"; run dir {run_dir} (TensorBoard: {command})")
+    assert "tensorboard --logdir checkpoints/" not in (ROOT / "README.md").read_text().replace(
+        ".venv/bin/tensorboard --logdir checkpoints/", "")
+
+
 def test_a_short_run_gets_a_train_point_per_epoch_with_the_window_rows_per_second(
         store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """480 train rows in batches of 100: 5 steps per epoch (the last of 80 rows), --log_every 100. A fake
