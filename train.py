@@ -803,6 +803,7 @@ def create_run_dir(args: argparse.Namespace) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     if args.run_name:
         run_dir = parent / args.run_name
+        run_dir.parent.mkdir(parents=True, exist_ok=True)  # a --run_name may hold a /
         try:
             run_dir.mkdir()
         except FileExistsError:
@@ -833,14 +834,17 @@ def prepare_run_dir(config: dict[str, Any]) -> None:
         remove_leftovers(run_dir)
         write_atomic(run_dir / "config.json", [json.dumps(config, indent=2, default=str).encode()])
         return
-    run_dir = create_run_dir(args)
-    config["run_dir"] = str(run_dir)
     try:
+        run_dir = create_run_dir(args)
+        config["run_dir"] = str(run_dir)
         with open(run_dir / "config.json", "x") as f:
             f.write(json.dumps(config, indent=2, default=str))
     except FileExistsError:
         raise UsageError(f"another run started in {run_dir} at the same time; pass another "
                          f"--model_save_dir") from None
+    except OSError as e:  # permissions, a full disk, a read-only file system
+        raise UsageError(f"cannot create the run dir ({e.strerror}: {e.filename}); pass a --model_save_dir "
+                         f"where you can write") from None
 
 
 def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size: int) -> dict[str, Any]:
@@ -1211,7 +1215,8 @@ def tensorboard_command(run_dir: str | Path) -> str:
 def summary(run_dir: Path) -> str:
     """The last line of a finished run: why it stopped, its valid and test metrics, where it is."""
     m = json.loads((run_dir / "metrics.json").read_text())
-    return (f"done ({m['stop_reason']}, {m['global_step']} steps): best valid AUC {m['valid']['auc']:.5f} at step "
+    steps = f"{m['global_step']} step{'' if m['global_step'] == 1 else 's'}"
+    return (f"done ({m['stop_reason']}, {steps}): best valid AUC {m['valid']['auc']:.5f} at step "
             f"{m['best_step']}, test AUC {m['test']['auc']:.5f} logloss {m['test']['logloss']:.5f}; run dir {run_dir} "
             f"(TensorBoard: {tensorboard_command(run_dir)})")
 
