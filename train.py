@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 import models
 from dataset.loader import CTRLoader, make_loader
-from dataset.store import SPLITS, StoreReader
+from dataset.store import SPLITS, StoreCorruptError, StoreReader
 from layers.embedding import FeatureEmbedding
 from scripts.presets import get_preset, to_argv
 
@@ -1102,7 +1102,10 @@ def run(rank: int, device: torch.device, config: dict[str, Any]) -> dict[str, An
             dist.broadcast_object_list(shared, src=0)
             config = {**config, "run_dir": shared[0]}
         trainer = Trainer(config, ctx)
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except StoreCorruptError as e:  # read in a loader worker: its message carries the worker's traceback
+            raise RunFailed(f"{str(e).strip().splitlines()[-1].split('StoreCorruptError: ')[-1]}") from None
         del trainer  # DDP's reducer holds the group: release it, and leave together, before the group goes away
         if world > 1:
             dist.barrier()

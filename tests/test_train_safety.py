@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from conftest import ROOT
+from dataset.store import StoreReader
 from test_train import DEEPFM, run_main, write_store
 
 
@@ -482,3 +483,23 @@ def test_epochs_are_numbered_from_1_in_the_bar_the_log_lines_and_metrics(store: 
     assert "epoch 1/2" in err and "epoch 2/2" in err and "epoch 0" not in err
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["best_epoch"] == -(-metrics["best_step"] // 8)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_store_chunk_stops_training_with_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      workers: int):
+    """Bytes overwritten inside a stored chunk (found by its exact bytes) stop the run where the chunk is read,
+    in the process or in a loader worker, with the chunk named and the fix: not zeros trained on silently."""
+    from dataset.store import encode_chunk
+    path = write_store(tmp_path / "s", n_rows=600)
+    reader = StoreReader(path)
+    data = bytearray((path / "data.mdb").read_bytes())
+    value = bytes(encode_chunk(reader.read_chunk("train", 2), reader.schema))
+    at = data.find(value) + len(value) // 2
+    data[at:at + 64] = bytes(64)
+    (path / "data.mdb").write_bytes(bytes(data))
+    code, _, err = run_cli([*DEEPFM, "--data", path, "--num_workers", workers, "--model_save_dir", tmp_path / "run"],
+                           capsys)
+    assert code == 1
+    assert re.fullmatch(r"train\.py: error: store \S+ is corrupt at chunk train/00000002 \(checksum mismatch\): "
+                        r"re-run preprocess\.py", one_error_line(err))
