@@ -45,9 +45,10 @@ import typing
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -59,6 +60,7 @@ from tqdm import tqdm
 
 import models
 from dataset.loader import CTRLoader, make_loader
+from dataset.schema import POOLINGS, Schema
 from dataset.store import SPLITS, StoreCorruptError, StoreReader
 from layers.embedding import FeatureEmbedding
 from scripts.presets import get_preset, to_argv
@@ -69,7 +71,9 @@ LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
 DEFAULT_MODEL = "DeepFM"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
               "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
-FIXED_ON_RESUME = ("batch_size", "seed")  # besides the model and its hyperparameters
+FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "monitor")  # besides the model and its
+# hyperparameters: they change what the model computes or what best.pt means
+MONITORS = {"auc": "max", "gauc": "max", "logloss": "min", "rmse": "min", "mae": "min"}  # metric -> better when
 FROM_COMMAND_LINE = ("resume", "eval_only")  # never taken from a saved config
 HARDWARE = ("gpu_ids", "cpu_procs", "num_workers", "amp")  # --eval_only takes these from the command line too
 
@@ -111,6 +115,11 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     run.add_argument("--preset", default=None, metavar="NAME",
                      help="start from a BARS preset's flags (scripts/presets.py), e.g. DeepFM_criteo_x4_001; "
                           "flags given on the command line win")
+    run.add_argument("--seq_pooling", choices=POOLINGS, default="mean",
+                     help="how the shared embedding pools each sequence field (histories, multi-value fields) into "
+                          "one field for models that take fields (attention models read the raw sequences)")
+    run.add_argument("--drop_fields", nargs="+", default=(), metavar="FIELD",
+                     help="leave these sparse or sequence fields of the store out of the model (an ablation)")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=10)
     opt.add_argument("--batch_size", type=int, default=4096, help="rows per step and process")
@@ -122,11 +131,17 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
                      help="init of Linear/Conv1d/expert weights (embeddings: the model's --embed_init_std)")
     opt.add_argument("--embed_l2", type=float, default=0.0,
                      help="adds embed_l2 * (squared norm of the embedding rows in the batch) to the loss")
-    opt.add_argument("--loss", choices=["bce"], default="bce")
+    opt.add_argument("--loss", choices=["bce"], default="bce",
+                     help="the loss of binary tasks (BCE); regression tasks (a store's task types) use squared error")
+    opt.add_argument("--monitor", choices=["auto", *MONITORS], default="auto",
+                     help="the valid metric that picks best.pt and drives early stopping and the LR schedule "
+                          "(auto: auc if the model predicts a binary task, else rmse); gauc needs a store "
+                          "with a user field")
     opt.add_argument("--task_weights", type=float, nargs="+", default=None,
                      help="one loss weight per task of the model (default: all 1)")
-    opt.add_argument("--patience", type=int, default=2, help="stop after this many evaluations without a better valid AUC")
-    opt.add_argument("--lr_decay_factor", type=float, default=0.1, help="ReduceLROnPlateau factor on valid AUC")
+    opt.add_argument("--patience", type=int, default=2, help="stop after this many evaluations without a better "
+                                                              "--monitor value")
+    opt.add_argument("--lr_decay_factor", type=float, default=0.1, help="ReduceLROnPlateau factor on --monitor")
     opt.add_argument("--lr_patience", type=int, default=0, help="evaluations without improvement before the LR drops")
     opt.add_argument("--min_lr", type=float, default=1e-6)
     opt.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA and CPU)")
@@ -278,7 +293,8 @@ def apply_saved(args: argparse.Namespace, hparams: dict[str, Any], saved: dict[s
     """Merge a checkpoint's config under the flags given on the command line; changing the model (or,
     on --resume, its hyperparameters, the batch size or the seed) is an error."""
     saved_hp = {k: _plain(v) for k, v in saved["model_hparams"].items()}
-    fixed = {**saved_hp, **({k: saved["train"][k] for k in FIXED_ON_RESUME} if args.resume else {})}
+    fixed = {**saved_hp, **({k: saved["train"][k] for k in FIXED_ON_RESUME if k in saved["train"]}
+                            if args.resume else {})}
     current = {**vars(args), **hparams}
     changed = [k for k in sorted(given & set(fixed)) if current[k] != fixed[k]]
     if "model" in given and args.model.lower() != saved["model"].lower():
@@ -439,9 +455,10 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Op
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Multiply the LR by --lr_decay_factor after --lr_patience + 1 evaluations without a better valid AUC
-    (FuxiCTR's trainer decays by 0.1 on every non-improving evaluation: --lr_patience 0)."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_decay_factor,
+    """Multiply the LR by --lr_decay_factor after --lr_patience + 1 evaluations without a better valid
+    --monitor value (FuxiCTR's trainer decays by 0.1 on every non-improving evaluation: --lr_patience 0)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=MONITORS[args.monitor],
+                                                      factor=args.lr_decay_factor,
                                                       patience=args.lr_patience, min_lr=args.min_lr)
 
 
@@ -463,6 +480,33 @@ def make_loss_fn(model: nn.Module, args: argparse.Namespace) -> LossFn:
                          f"{model.num_tasks} task(s) {list(model.tasks)}; pass one weight per task")
     model.set_task_weights(weights)
     return partial(compute_loss, model, embed_l2=args.embed_l2)
+
+
+@dataclass
+class Inputs:
+    """What the model reads of a store's batch: the columns kept by --drop_fields (block -> column indices on
+    the device; empty: every column), and the user id column that gAUC groups rows by (None: no user field)."""
+
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    user_column: int | None = None
+
+    @classmethod
+    def of(cls, schema: Schema, drop: Sequence[str], device: torch.device) -> tuple["Inputs", Schema]:
+        """-> (the inputs, the schema the model is built from)."""
+        try:
+            kept, columns = schema.without(drop)
+        except ValueError as e:
+            raise UsageError(f"--drop_fields: {e}") from None
+        user = schema.sparse_fields.index(schema.user_field) if schema.user_field else None
+        return cls({k: torch.as_tensor(v, device=device) for k, v in columns.items()}, user), kept
+
+    def groups(self, batch: Batch) -> torch.Tensor | None:
+        """The user id of every row [B] (of the store's batch), or None."""
+        return None if self.user_column is None else batch["sparse"][:, self.user_column]
+
+    def select(self, batch: Batch) -> Batch:
+        """The store's batch -> the model's (the columns of the fields it was built with)."""
+        return {k: v.index_select(1, self.columns[k]) if k in self.columns else v for k, v in batch.items()}
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -495,47 +539,85 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """-> labels and probabilities [N, T] of the whole split (every rank's rows, on every rank)."""
+def predict(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False,
+            inputs: Inputs | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """-> labels [N, T], predictions [N, T] (probabilities for binary tasks, values for regression tasks) and
+    the user id of every row [N] (None without a user field) of the whole split: every rank's rows, on every
+    rank."""
     model.eval()
+    inputs = inputs or Inputs()
     tasks = model.num_tasks
     with torch.random.fork_rng(devices=[]):  # a loader's iterator may draw seeds: keep the training stream
         batches = iter(loader)
-    labels, probs = [torch.empty(0, tasks, device=ctx.device)], [torch.empty(0, tasks, device=ctx.device)]
+    labels, preds = [torch.empty(0, tasks, device=ctx.device)], [torch.empty(0, tasks, device=ctx.device)]
+    groups = [torch.empty(0, dtype=torch.long, device=ctx.device)]
     for batch in batches:
         batch = to_device(batch, ctx.device)
+        if inputs.user_column is not None:
+            groups.append(inputs.groups(batch))
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch)  # [B, T]
-        probs.append(torch.sigmoid(logits.float()))
+            logits = model(inputs.select(batch)).float()  # [B, T]
+        preds.append(torch.where(model.regression, logits, torch.sigmoid(logits)))
         labels.append(batch["label"][:, :tasks])
-    gathered = (gather_rows(torch.cat(t), ctx).cpu().double().numpy() for t in (labels, probs))
-    return tuple(gathered)  # type: ignore[return-value]
+    labels_, preds_ = (gather_rows(torch.cat(t), ctx).cpu().double().numpy() for t in (labels, preds))
+    groups_ = gather_rows(torch.cat(groups), ctx).cpu().numpy() if inputs.user_column is not None else None
+    return labels_, preds_, groups_
 
 
-def compute_metrics(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) -> dict[str, float]:
-    """AUC and logloss of probabilities [N, T] against labels [N, T]. ``auc`` / ``logloss`` are the means
-    over tasks; multi-task models also get ``<task>/auc`` and ``<task>/logloss``. A task whose labels are
-    all one class has AUC NaN."""
+def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """gAUC (Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018, eq. 7): every
+    group's (user's) AUC on its own rows, averaged with weights = the group's rows (impressions). A group
+    whose rows are all one class has no AUC and is left out; NaN if no group has both classes.
+
+    Vectorized: ranks inside each group (ties averaged), then ``AUC_u = (R_u - P_u (P_u + 1) / 2) / (P_u N_u)``
+    with ``R_u`` the rank sum of the group's positives, ``P_u`` / ``N_u`` its positive / negative rows."""
+    frame = pd.DataFrame({"g": groups, "s": scores, "pos": np.asarray(labels) > 0.5})
+    frame["rank"] = frame.groupby("g")["s"].rank(method="average").where(frame["pos"], 0.0)
+    per = frame.groupby("g").agg(rows=("pos", "size"), p=("pos", "sum"), r=("rank", "sum"))
+    p, n = per["p"].to_numpy(np.float64), (per["rows"] - per["p"]).to_numpy(np.float64)
+    ok = (p > 0) & (n > 0)
+    if not ok.any():
+        return math.nan
+    auc = (per["r"].to_numpy()[ok] - p[ok] * (p[ok] + 1) / 2) / (p[ok] * n[ok])
+    weights = per["rows"].to_numpy(np.float64)[ok]
+    return float((auc * weights).sum() / weights.sum())
+
+
+def compute_metrics(labels: np.ndarray, preds: np.ndarray, tasks: tuple[str, ...],
+                    task_types: tuple[str, ...] | None = None, groups: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of predictions [N, T] against labels [N, T]: binary tasks get ``auc`` and ``logloss`` (and
+    ``gauc`` when ``groups``, the user of every row, is given); regression tasks ``rmse`` and ``mae``. The
+    plain names are the means over the tasks of that type; multi-task models also get ``<task>/<metric>``.
+    A binary task whose labels are all one class has AUC NaN."""
+    task_types = task_types or ("binary",) * len(tasks)
     out: dict[str, float] = {}
-    for t, name in enumerate(tasks):
-        y, p = labels[:, t], probs[:, t]
-        both = 0 < y.sum() < len(y)
-        out[f"{name}/auc"] = float(roc_auc_score(y, p)) if both else math.nan
-        out[f"{name}/logloss"] = float(log_loss(y, p, labels=[0, 1]))
-    out["auc"] = float(np.mean([out[f"{t}/auc"] for t in tasks]))
-    out["logloss"] = float(np.mean([out[f"{t}/logloss"] for t in tasks]))
-    return out if len(tasks) > 1 else {"auc": out["auc"], "logloss": out["logloss"]}
+    for t, (name, kind) in enumerate(zip(tasks, task_types)):
+        y, p = labels[:, t], preds[:, t]
+        if kind == "binary":
+            out[f"{name}/auc"] = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else math.nan
+            out[f"{name}/logloss"] = float(log_loss(y, p, labels=[0, 1]))
+            if groups is not None:
+                out[f"{name}/gauc"] = group_auc(y, p, groups)
+        else:
+            out[f"{name}/rmse"] = float(np.sqrt(np.mean((p - y) ** 2)))
+            out[f"{name}/mae"] = float(np.mean(np.abs(p - y)))
+    for metric in ("auc", "gauc", "logloss", "rmse", "mae"):
+        values = [v for k, v in out.items() if k.endswith(f"/{metric}")]
+        if values:
+            out[metric] = float(np.mean(values))
+    return out if len(tasks) > 1 else {k: v for k, v in out.items() if "/" not in k}
 
 
-def evaluate(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False) -> tuple[dict[str, float], int]:
+def evaluate(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False,
+             inputs: Inputs | None = None) -> tuple[dict[str, float], int]:
     """-> (metrics of the whole split, number of rows scored). NaN/inf predictions (weights grown too large,
     NaN inputs) raise :class:`NonFiniteLossError` (scikit-learn would raise a bare ValueError)."""
-    labels, probs = predict(model, loader, ctx, amp)
-    bad = int((~np.isfinite(probs)).any(axis=1).sum())
+    labels, preds, groups = predict(model, loader, ctx, amp, inputs)
+    bad = int((~np.isfinite(preds)).any(axis=1).sum())
     if bad:
-        raise NonFiniteLossError(f"the model predicts NaN/inf for {bad} of the {len(probs)} "
+        raise NonFiniteLossError(f"the model predicts NaN/inf for {bad} of the {len(preds)} "
                                  f"{loader.dataset.split} rows")
-    return compute_metrics(labels, probs, model.tasks), len(labels)
+    return compute_metrics(labels, preds, model.tasks, model.task_types, groups), len(labels)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -721,7 +803,7 @@ class Progress:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    best_auc: float = -math.inf
+    best_score: float = math.nan  # the best valid --monitor value so far
     best_epoch: int = -1
     best_step: int = -1
     best_valid: dict[str, float] = field(default_factory=dict)
@@ -859,6 +941,10 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
             raise UsageError(f"the run in {run_dir} is finished: {done}; nothing was changed")
     else:
         run_dir = None  # created by prepare_run_dir
+    _, kept = Inputs.of(store.schema, args.drop_fields, torch.device("cpu"))  # checks --drop_fields
+    multitask = models.get_model_class(args.model).multitask
+    args.monitor = resolve_monitor(args.monitor, kept.task_types if multitask else kept.task_types[:1],
+                                   store.schema.user_field is not None)
     meta = store.meta
     return {"model": args.model, "model_hparams": hparams,
             "train": {k: v for k, v in vars(args).items() if k != "model"},
@@ -867,10 +953,27 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
                       "splits": meta["splits"], "options": meta.get("options", {})}}
 
 
-def build(config: dict[str, Any], store: StoreReader, device: torch.device) -> nn.Module:
+def resolve_monitor(monitor: str, task_types: Sequence[str], has_users: bool) -> str:
+    """--monitor, with ``auto`` resolved (auc if the model predicts a binary task, else rmse), checked against
+    the tasks: auc/gauc/logloss need a binary task (gauc also a user field), rmse/mae a regression task."""
+    binary, regression = "binary" in task_types, "regression" in task_types
+    if monitor == "auto":
+        return "auc" if binary else "rmse"
+    available = {"auc": binary, "logloss": binary, "gauc": binary and has_users, "rmse": regression,
+                 "mae": regression}
+    if not available[monitor]:
+        need = ("a store with a user field (amazon, frappe, synthetic_behaviour, a table spec's user_field)"
+                if monitor == "gauc" and binary else f"a {'binary' if monitor in ('auc', 'gauc', 'logloss') else 'regression'} task")
+        raise UsageError(f"--monitor {monitor} needs {need}; the model predicts {', '.join(task_types)} task(s): "
+                         f"pick another --monitor or leave it at auto")
+    return monitor
+
+
+def build(config: dict[str, Any], schema: Schema, device: torch.device) -> nn.Module:
+    """The model of ``config``, built from ``schema`` (the store's, without --drop_fields)."""
     try:
-        model = models.build_model(config["model"], store.schema, dense_init=config["train"]["dense_init"],
-                                   **config["model_hparams"])
+        model = models.build_model(config["model"], schema, dense_init=config["train"]["dense_init"],
+                                   seq_pooling=config["train"].get("seq_pooling", "mean"), **config["model_hparams"])
     except ValueError as e:
         raise UsageError(f"--model {config['model']}: {e}") from None
     return model.to(device)
@@ -893,7 +996,8 @@ class Trainer:
         np.random.seed(self.args.seed)
         random.seed(self.args.seed)
         self.store = open_store(config["store"]["path"])
-        self.model = build(config, self.store, ctx.device)
+        self.inputs, schema = Inputs.of(self.store.schema, self.args.drop_fields, ctx.device)
+        self.model = build(config, schema, ctx.device)
         self.loss_fn = make_loss_fn(self.model, self.args)
         self.optimizer = make_optimizer(self.model, self.args)
         self.scheduler = make_scheduler(self.optimizer, self.args)
@@ -924,7 +1028,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.progress = Progress(**state["progress"])
+        saved = dict(state["progress"])
+        if "best_auc" in saved:  # a checkpoint written before --monitor: its monitor was valid AUC
+            saved["best_score"] = saved.pop("best_auc")
+        self.progress = Progress(**saved)
         self.progress.stop_reason = self.stop_on_resume()
         restore_rng(state["rng"])
 
@@ -1013,7 +1120,8 @@ class Trainer:
         with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch + 1}/{self.args.epochs}",
                   disable=not self.ctx.master, leave=False, dynamic_ncols=True) as bar:
             for batch in bar:
-                loss = train_step(self.ddp, to_device(batch, self.ctx.device), self.optimizer, self.loss_fn,
+                loss = train_step(self.ddp, self.inputs.select(to_device(batch, self.ctx.device)), self.optimizer,
+                                  self.loss_fn,
                                   self.ctx, amp=self.args.amp, step=p.global_step + 1)
                 p.step_in_epoch += 1
                 p.global_step += 1
@@ -1043,20 +1151,22 @@ class Trainer:
             self.save("last.pt")
 
     def validate(self) -> None:
-        """Evaluate on valid; update best.pt, the LR scheduler and the patience counter."""
+        """Evaluate on valid; update best.pt, the LR scheduler and the patience counter by --monitor."""
         p = self.progress
         started = self.clock()
         try:
-            metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp)
+            metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp, self.inputs)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e} at step {p.global_step}. Lower --lr, raise --embed_l2 or check the "
                                      f"data") from None
         p.last_eval_step = p.global_step
         self.window_start += self.clock() - started  # an evaluation inside a train window is not training time
         self.log("valid", metrics)
-        self.scheduler.step(metrics["auc"])
-        if metrics["auc"] > p.best_auc or p.best_step < 0:
-            p.best_auc, p.best_epoch, p.best_step, p.best_valid = metrics["auc"], p.epoch_number, p.global_step, metrics
+        score = metrics[self.args.monitor]
+        self.scheduler.step(score)
+        better = score > p.best_score if MONITORS[self.args.monitor] == "max" else score < p.best_score
+        if better or p.best_step < 0:
+            p.best_score, p.best_epoch, p.best_step, p.best_valid = score, p.epoch_number, p.global_step, metrics
             p.bad_evals = 0
             self.save("best.pt")
         else:
@@ -1069,18 +1179,18 @@ class Trainer:
         if self.ctx.world_size > 1:
             dist.barrier()  # rank 0 has written best.pt
         self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt", self.ctx.device)["model"])
-        metrics, rows = evaluate(self.model, self.loaders["test"], self.ctx, self.args.amp)
+        metrics, rows = evaluate(self.model, self.loaders["test"], self.ctx, self.args.amp, self.inputs)
         p = self.progress
         result = {"model": self.config["model"], "stop_reason": p.stop_reason, "epochs": p.epoch,
                   "global_step": p.global_step, "best_epoch": p.best_epoch, "best_step": p.best_step,
-                  "valid": p.best_valid, "test": metrics, "test_rows": rows}
+                  "monitor": self.args.monitor, "valid": p.best_valid, "test": metrics, "test_rows": rows}
         if self.writer:
             self.log("test", metrics)
             hparams = {"model": self.config["model"], **self.config["model_hparams"],
                        **{k: vars(self.args)[k] for k in ("optimizer", "lr", "batch_size", "embed_l2",
                                                              "weight_decay", "seed")}}
-            final = {"hparam/valid_auc": p.best_auc, "hparam/test_auc": metrics["auc"],
-                     "hparam/test_logloss": metrics["logloss"]}
+            final = {f"hparam/valid_{self.args.monitor}": p.best_score,
+                     **{f"hparam/test_{k}": v for k, v in metrics.items() if "/" not in k}}
             self.writer.add_hparams({k: hparam_value(v) for k, v in hparams.items()}, final, run_name=".",
                                     global_step=p.global_step)
             self.writer.close()
@@ -1210,9 +1320,11 @@ def summary(run_dir: Path) -> str:
     """The last line of a finished run: why it stopped, its valid and test metrics, where it is."""
     m = json.loads((run_dir / "metrics.json").read_text())
     steps = f"{m['global_step']} step{'' if m['global_step'] == 1 else 's'}"
-    return (f"done ({m['stop_reason']}, {steps}): best valid AUC {m['valid']['auc']:.5f} at step "
-            f"{m['best_step']}, test AUC {m['test']['auc']:.5f} logloss {m['test']['logloss']:.5f}; run dir {run_dir} "
-            f"(TensorBoard: {tensorboard_command(run_dir)})")
+    monitor = m.get("monitor", "auc")
+    names = {"auc": "AUC", "gauc": "gAUC", "rmse": "RMSE", "mae": "MAE"}
+    test = " ".join(f"{names.get(k, k)} {v:.5f}" for k, v in m["test"].items() if "/" not in k)
+    return (f"done ({m['stop_reason']}, {steps}): best valid {names.get(monitor, monitor)} {m['valid'][monitor]:.5f} at step "
+            f"{m['best_step']}, test {test}; run dir {run_dir} (TensorBoard: {tensorboard_command(run_dir)})")
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
@@ -1223,10 +1335,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     check_store_matches(store, state["config"])
     gpus = parse_gpu_ids(args.gpu_ids)
     device = torch.device("cuda", gpus[0]) if gpus else torch.device("cpu")
-    model = build(state["config"], store, device)
+    inputs, schema = Inputs.of(store.schema, state["config"]["train"].get("drop_fields", ()), device)
+    model = build(state["config"], schema, device)
     model.load_state_dict(state["model"])
     loader = make_loader(store, "test", args.batch_size, train=False, num_workers=args.num_workers)
-    metrics, rows = evaluate(model, loader, Ctx(device=device), args.amp)
+    metrics, rows = evaluate(model, loader, Ctx(device=device), args.amp, inputs)
     return {"checkpoint": str(path), "split": "test", "rows": rows, **metrics}
 
 

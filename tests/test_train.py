@@ -220,7 +220,10 @@ def ddp_worker(rank: int, port: int, schema: Schema, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_gloo_processes_match_one_process_with_the_double_batch(schema: Schema, tmp_path: Path):
+@pytest.mark.parametrize("which", ["schema", "seq_schema"])  # plain fields; sequences, shared vocabularies
+def test_two_gloo_processes_match_one_process_with_the_double_batch(which: str, request: pytest.FixtureRequest,
+                                                                    tmp_path: Path):
+    schema = request.getfixturevalue(which)
     out = tmp_path / "ddp.pt"
     mp.spawn(ddp_worker, args=(train.free_port(), schema, str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
