@@ -71,7 +71,7 @@ LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
 DEFAULT_MODEL = "DeepFM"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
               "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
-FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "monitor")  # besides the model and its
+FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "labels", "monitor")  # besides the model and its
 # hyperparameters: they change what the model computes or what best.pt means
 MONITORS = {"auc": "max", "gauc": "max", "logloss": "min", "rmse": "min", "mae": "min"}  # metric -> better when
 FROM_COMMAND_LINE = ("resume", "eval_only")  # never taken from a saved config
@@ -120,6 +120,9 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
                           "one field for models that take fields (attention models read the raw sequences)")
     run.add_argument("--drop_fields", nargs="+", default=(), metavar="FIELD",
                      help="leave these sparse or sequence fields of the store out of the model (an ablation)")
+    run.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                     help="the store's labels the model learns, in this order (default: all of them; a "
+                          "single-task model predicts the first)")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=10)
     opt.add_argument("--batch_size", type=int, default=4096, help="rows per step and process")
@@ -484,19 +487,21 @@ def make_loss_fn(model: nn.Module, args: argparse.Namespace) -> LossFn:
 
 @dataclass
 class Inputs:
-    """What the model reads of a store's batch: the columns kept by --drop_fields (block -> column indices on
-    the device; empty: every column), and the user id column that gAUC groups rows by (None: no user field)."""
+    """What the model reads of a store's batch: the columns kept by --drop_fields and --labels (block -> column
+    indices on the device; empty: every column), and the user id column that gAUC groups rows by (None: no
+    user field)."""
 
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
     user_column: int | None = None
 
     @classmethod
-    def of(cls, schema: Schema, drop: Sequence[str], device: torch.device) -> tuple["Inputs", Schema]:
+    def of(cls, schema: Schema, drop: Sequence[str], labels: Sequence[str] | None,
+           device: torch.device) -> tuple["Inputs", Schema]:
         """-> (the inputs, the schema the model is built from)."""
         try:
-            kept, columns = schema.without(drop)
+            kept, columns = schema.select(drop, labels)
         except ValueError as e:
-            raise UsageError(f"--drop_fields: {e}") from None
+            raise UsageError(f"--{'labels' if str(e).startswith('labels') else 'drop_fields'}: {e}") from None
         user = schema.sparse_fields.index(schema.user_field) if schema.user_field else None
         return cls({k: torch.as_tensor(v, device=device) for k, v in columns.items()}, user), kept
 
@@ -555,8 +560,9 @@ def predict(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False,
         batch = to_device(batch, ctx.device)
         if inputs.user_column is not None:
             groups.append(inputs.groups(batch))
+        batch = inputs.select(batch)
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(inputs.select(batch)).float()  # [B, T]
+            logits = model(batch).float()  # [B, T]
         preds.append(torch.where(model.regression, logits, torch.sigmoid(logits)))
         labels.append(batch["label"][:, :tasks])
     labels_, preds_ = (gather_rows(torch.cat(t), ctx).cpu().double().numpy() for t in (labels, preds))
@@ -941,7 +947,7 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
             raise UsageError(f"the run in {run_dir} is finished: {done}; nothing was changed")
     else:
         run_dir = None  # created by prepare_run_dir
-    _, kept = Inputs.of(store.schema, args.drop_fields, torch.device("cpu"))  # checks --drop_fields
+    _, kept = Inputs.of(store.schema, args.drop_fields, args.labels, torch.device("cpu"))  # checks both flags
     multitask = models.get_model_class(args.model).multitask
     args.monitor = resolve_monitor(args.monitor, kept.task_types if multitask else kept.task_types[:1],
                                    store.schema.user_field is not None)
@@ -996,7 +1002,7 @@ class Trainer:
         np.random.seed(self.args.seed)
         random.seed(self.args.seed)
         self.store = open_store(config["store"]["path"])
-        self.inputs, schema = Inputs.of(self.store.schema, self.args.drop_fields, ctx.device)
+        self.inputs, schema = Inputs.of(self.store.schema, self.args.drop_fields, self.args.labels, ctx.device)
         self.model = build(config, schema, ctx.device)
         self.loss_fn = make_loss_fn(self.model, self.args)
         self.optimizer = make_optimizer(self.model, self.args)
@@ -1335,7 +1341,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     check_store_matches(store, state["config"])
     gpus = parse_gpu_ids(args.gpu_ids)
     device = torch.device("cuda", gpus[0]) if gpus else torch.device("cpu")
-    inputs, schema = Inputs.of(store.schema, state["config"]["train"].get("drop_fields", ()), device)
+    saved = state["config"]["train"]
+    inputs, schema = Inputs.of(store.schema, saved.get("drop_fields", ()), saved.get("labels"), device)
     model = build(state["config"], schema, device)
     model.load_state_dict(state["model"])
     loader = make_loader(store, "test", args.batch_size, train=False, num_workers=args.num_workers)

@@ -183,14 +183,20 @@ class Schema:
         seq = [np.full(s.max_len, s.vocab_size) for s in self.sequence_fields]
         return np.asarray(self.vocab_sizes, np.int64), np.concatenate(seq) if seq else np.zeros(0, np.int64)
 
-    def without(self, drop: Sequence[str]) -> tuple["Schema", dict[str, np.ndarray]]:
-        """The schema without the sparse and sequence fields named in ``drop`` (an ablation), and the columns
-        of each batch block that it keeps: ``{"sparse": [...], "seq": [...], "seq_len": [...],
-        "seq_weight": [...]}`` (blocks whose columns all stay are left out)."""
+    def select(self, drop: Sequence[str] = (), labels: Sequence[str] | None = None) -> tuple["Schema", dict[str, np.ndarray]]:
+        """The schema without the sparse and sequence fields named in ``drop`` (an ablation) and with only the
+        ``labels`` named (in that order; None: all), and the columns of each batch block that it keeps:
+        ``{"sparse": [...], "seq": [...], "seq_len": [...], "seq_weight": [...], "label": [...]}`` (blocks whose
+        columns all stay, in order, are left out)."""
         names = {*self.sparse_fields, *(s.name for s in self.sequence_fields)}
         unknown = sorted(set(drop) - names)
         if unknown:
             raise ValueError(f"no field {', '.join(unknown)} to drop; the fields are {', '.join(sorted(names))}")
+        labels = list(self.labels if labels is None else labels)
+        if not labels or set(labels) - set(self.labels) or len(set(labels)) != len(labels):
+            raise ValueError(f"labels {labels}: name one or more of the store's labels {', '.join(self.labels)}, "
+                             f"each once")
+        keep_label = [self.labels.index(lab) for lab in labels]
         keep_sparse = [i for i, f in enumerate(self.sparse_fields) if f not in drop]
         keep_seq = [i for i, s in enumerate(self.sequence_fields) if s.name not in drop]
         seq_cols, weight_cols, col = [], [], 0
@@ -199,14 +205,16 @@ class Schema:
                 seq_cols += range(cols.start, cols.stop)
                 weight_cols += range(col, col + s.max_len) if s.weighted else []
             col += s.max_len if s.weighted else 0
-        columns = {"sparse": keep_sparse, "seq_len": keep_seq, "seq": seq_cols, "seq_weight": weight_cols}
+        columns = {"sparse": keep_sparse, "seq_len": keep_seq, "seq": seq_cols, "seq_weight": weight_cols,
+                   "label": keep_label}
         widths = {"sparse": self.num_sparse, "seq_len": self.num_sequences, "seq": self.seq_width,
-                  "seq_weight": self.seq_weight_width}
+                  "seq_weight": self.seq_weight_width, "label": self.num_tasks}
         kept = Schema([self.sparse_fields[i] for i in keep_sparse], [self.vocab_sizes[i] for i in keep_sparse],
-                      self.dense_fields, self.labels, self.task_types, [self.sparse_vocabs[i] for i in keep_sparse],
-                      tuple(self.sequence_fields[i] for i in keep_seq),
+                      self.dense_fields, labels, [self.task_types[i] for i in keep_label],
+                      [self.sparse_vocabs[i] for i in keep_sparse], tuple(self.sequence_fields[i] for i in keep_seq),
                       self.user_field if self.user_field not in drop else None)
-        return kept, {k: np.asarray(v, np.int64) for k, v in columns.items() if len(v) != widths[k]}
+        return kept, {k: np.asarray(v, np.int64) for k, v in columns.items()
+                      if list(v) != list(range(widths[k]))}
 
     # -- metadata record ----------------------------------------------------------------------------------
 

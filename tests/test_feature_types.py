@@ -182,3 +182,15 @@ def test_resume_on_a_sequence_store_is_exact(store: Path, tmp_path: Path):
     straight, resumed = metrics_of(tmp_path / "straight"), metrics_of(tmp_path / "cut")
     assert resumed["test"] == straight["test"] and resumed["valid"] == straight["valid"]
     assert "gauc" in straight["test"]
+
+
+def test_labels_choose_what_the_model_learns(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """--labels rating: a single-task model on the store's second label, a regression task."""
+    argv = ["--model", "DeepFM", "--data", store, *SMALL, "--epochs", "2", "--labels", "rating", "--lr", "0.01",
+            "--model_save_dir", tmp_path / "run"]
+    assert train.main([str(a) for a in argv]) == 0
+    m = metrics_of(tmp_path / "run")
+    assert m["monitor"] == "rmse" and set(m["test"]) == {"rmse", "mae"} and m["test"]["rmse"] < 1.0
+    bad = ["--model", "DeepFM", "--data", store, *SMALL, "--labels", "ctr", "--model_save_dir", tmp_path / "x"]
+    assert train.main([str(a) for a in bad]) == 2
+    assert "--labels: labels ['ctr']: name one or more of the store's labels click, rating" in capsys.readouterr().err
