@@ -201,22 +201,23 @@ def test_overwritten_bytes_are_reported_with_the_chunk(tmp_path, junk):
         list(make_loader(tmp_path / "s", "train", 64, train=False, num_workers=2))
 
 
-def test_ids_outside_the_vocabulary_are_corruption(tmp_path):
-    """A chunk whose checksum matches but whose ids exceed the vocabulary (a writer bug, or bytes damaged
-    before the checksum was taken) fails where it is read, not as an IndexError inside a model."""
+def test_ids_outside_the_vocabulary_never_reach_a_store(tmp_path):
+    """The writer refuses an id its embedding table cannot look up (so a format 2 chunk whose checksum matches
+    holds none); a format 1 chunk, which has no checksum, is checked where it is read."""
     sparse, dense, label = random_rows(10)
-    sparse[4, 2] = 7  # vocab size of C3 is 7
-    bad = Schema(("C1", "C2", "C3"), (5, 6, 8), ("I1", "I2"), ("click", "conversion"))
-    with StoreWriter(tmp_path / "s", bad, dataset="toy") as w:
+    sparse[4, 2] = 7  # the vocab size of C3 is 7
+    with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy") as w:
+        with pytest.raises(ValueError, match="sparse column 2 holds 7, outside 0..6"):
+            w.add("train", sparse, dense, label)
+        sparse[4, 2] = -1
+        with pytest.raises(ValueError, match="sparse column 2 holds -1, outside 0..6"):
+            w.add("train", sparse, dense, label)
+        sparse[4, 2] = 6
         w.add("train", sparse, dense, label)
-    env = lmdb.open(str(tmp_path / "s"))
-    with env.begin(write=True) as txn:  # the metadata now claims the smaller vocabulary
-        meta = json.loads(txn.get(META_KEY))
-        meta["schema"] = SCHEMA.to_dict()
-        txn.put(META_KEY, json.dumps(meta).encode())
-    env.close()
-    with pytest.raises(StoreCorruptError, match="sparse column 2 holds a value outside 0..6"):
-        StoreReader(tmp_path / "s").read_chunk("train", 0)
+    sparse[4, 2] = 9
+    write_format_1(tmp_path / "old", sparse, dense, label)
+    with pytest.raises(StoreCorruptError, match="old is corrupt at chunk train/00000000 .*outside 0..6"):
+        StoreReader(tmp_path / "old").read_chunk("train", 0)
 
 
 def test_truncated_file_is_corruption_not_a_bus_error(tmp_path):
@@ -231,32 +232,42 @@ def test_truncated_file_is_corruption_not_a_bus_error(tmp_path):
     assert StoreReader(tmp_path / "s").num_rows("train") == 5
 
 
-def test_format_1_stores_still_load(tmp_path):
-    """A store written before sequences and checksums (format 1: no chunk header) reads as all-binary."""
-    sparse, dense, label = random_rows(20)
-    env = lmdb.open(str(tmp_path / "s"), map_size=1 << 24)
+def write_format_1(path, sparse, dense, label) -> None:
+    """A store as format 1 wrote it: chunks without a header, a schema without names of vocabularies."""
+    env = lmdb.open(str(path), map_size=1 << 24)
     with env.begin(write=True) as txn:
         txn.put(chunk_key("train", 0), sparse.astype(np.int32).tobytes() + dense.tobytes() + label.tobytes())
         txn.put(META_KEY, json.dumps({
             "format_version": 1, "dataset": "old", "chunk_size": 8192, "options": {}, "stats": {},
             "schema": {"sparse_fields": ["C1", "C2", "C3"], "vocab_sizes": [5, 6, 7], "dense_fields": ["I1", "I2"],
                        "labels": ["click", "conversion"]},
-            "splits": {"train": {"rows": 20, "chunks": 1}, "valid": {"rows": 0, "chunks": 0},
+            "splits": {"train": {"rows": len(sparse), "chunks": 1}, "valid": {"rows": 0, "chunks": 0},
                        "test": {"rows": 0, "chunks": 0}}}).encode())
     env.close()
+
+
+def test_format_1_stores_still_load(tmp_path):
+    """A store written before sequences and checksums (format 1: no chunk header) reads as all-binary."""
+    sparse, dense, label = random_rows(20)
+    write_format_1(tmp_path / "s", sparse, dense, label)
     r = StoreReader(tmp_path / "s")
     assert r.schema == SCHEMA and r.schema.task_types == ("binary", "binary") and r.schema.num_sequences == 0
     for got, want in zip(core(r.read_chunk("train", 0)), (sparse, dense, label)):
         np.testing.assert_array_equal(got, want)
 
 
-def test_vocabularies_are_kept_with_the_store(tmp_path):
-    with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy") as w:
-        w.add("train", *random_rows(5))
-        w.put_vocabulary("C1", ["a", "b", "c"])
-        w.put_vocabulary("C2", [], {"hash_buckets": 4})
-    r = StoreReader(tmp_path / "s")
-    assert r.vocabulary("C1") == {"values": ["a", "b", "c"]}
-    assert r.vocabulary("C2") == {"values": [], "hash_buckets": 4}
-    with pytest.raises(KeyError, match="no vocabulary 'C3'"):
-        r.vocabulary("C3")
+def test_checksum_sees_changed_moved_and_tail_words():
+    from dataset.store import checksum
+    rng = np.random.default_rng(0)
+    data = bytearray(rng.bytes(8 * 1000 + 4))  # an odd 4-byte tail
+    base = checksum(data)
+    for change in ("zero", "tail", "swap"):
+        d = bytearray(data)
+        if change == "zero":
+            d[4000:4064] = bytes(64)
+        elif change == "tail":
+            d[-1] ^= 1
+        else:  # two 4 KB blocks trade places: a plain sum would not see it
+            d[0:4096], d[4096:8192] = d[4096:8192], d[0:4096]
+        assert checksum(d) != base, change
+    assert checksum(bytes(data)) == base == checksum(memoryview(data))
