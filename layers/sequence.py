@@ -45,7 +45,8 @@ class LocalActivationUnit(nn.Module):
         dim: D, the width of the candidate and of each element.
         hidden_units: the MLP's hidden layers (80-40 as the authors' code and DeepCTR).
         activation: of the hidden layers, ``dice`` (the paper's) or ``prelu`` ...
-        normalize: softmax over the valid elements.
+        normalize: softmax over the valid elements (then the score's output bias, which a softmax cancels, is
+            left out: its gradient is 0 up to rounding, which Adam would blow up into steps).
 
     Shapes: query [B, D], keys [B, L, D], mask [B, L] -> :meth:`weights` [B, L]; ``forward`` -> [B, D]
     (the weighted sum of ``values`` [B, L, D_v] when given, else of the keys).
@@ -54,13 +55,18 @@ class LocalActivationUnit(nn.Module):
     def __init__(self, dim: int, hidden_units: Sequence[int] = (80, 40), activation: str = "dice",
                  normalize: bool = False) -> None:
         super().__init__()
-        self.mlp = MLP(4 * dim, hidden_units, activation, output_dim=1)
+        self.mlp = MLP(4 * dim, hidden_units, activation)
+        self.out = nn.Linear(self.mlp.output_dim, 1, bias=not normalize)
         self.normalize = normalize
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """``MLP([q, k, q - k, q ⊙ k])`` [N, 4D] -> [N]."""
+        return self.out(self.mlp(x)).squeeze(-1)
 
     def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q = query.unsqueeze(1).expand_as(keys)  # [B, L, D]
         x = torch.cat([q, keys, q - keys, q * keys], dim=-1)[mask]  # [N_valid, 4D]
-        scores = keys.new_zeros(mask.shape).masked_scatter(mask, self.mlp(x).squeeze(-1).to(keys.dtype))  # [B, L]
+        scores = keys.new_zeros(mask.shape).masked_scatter(mask, self.score(x).to(keys.dtype))  # [B, L]
         return masked_softmax(scores, mask) if self.normalize else scores
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,

@@ -63,7 +63,7 @@ def test_local_activation_unit_matches_a_loop_over_elements(activation, normaliz
     for b in range(B):
         for j in range(LENGTHS[b]):
             q, k = query[b], keys[b, j]
-            want[b, j] = unit.mlp(torch.cat([q, k, q - k, q * k]).unsqueeze(0))[0, 0]
+            want[b, j] = unit.out(unit.mlp(torch.cat([q, k, q - k, q * k]).unsqueeze(0)))[0, 0]
         if normalize and LENGTHS[b]:
             want[b, :LENGTHS[b]] = torch.softmax(want[b, :LENGTHS[b]], dim=0)
     torch.testing.assert_close(weights, want)
