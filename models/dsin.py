@@ -33,7 +33,8 @@ class DSIN(BehaviourModel):
     per behaviour; the synthetic behaviour store's ``hist_session`` holds the paper's 30-minute cut), a
     session is a run of equal ids. Otherwise (Amazon Beauty has no timestamps) sessions are windows of
     ``session_len`` consecutive behaviours, counted back from the latest: a departure from the paper so that
-    DSIN trains on every sequence store. The session field is not fed to the DNN.
+    DSIN trains on every sequence store; ``--session_field none`` (a name the store lacks) forces windows.
+    The session field is not fed to the DNN.
 
     Defaults: the authors' code (DSIN repository / DeepCTR's DSIN): K = 5 sessions of T = 10 behaviours,
     8 heads, DNN 200-80 ReLU; its activation unit 64-16 (with Dice here); bias encoding on, as the paper
