@@ -4,7 +4,9 @@
     python preprocess.py census --input ../shared/data/census/census-income.test.gz
 
 Each subcommand lives in its dataset/ module, which provides ``add_arguments(parser)`` and
-``main(args) -> int``; this file only parses flags and dispatches.
+``main(args) -> int``; this file parses flags, checks the common ones before any work (``--split``, and
+``--out`` with dataset/store.py's ``check_out``: --overwrite replaces only a store), dispatches, and turns
+the errors a user can act on into one ``error:`` line: exit 2 for bad input or flags, 1 for a full disk.
 """
 from __future__ import annotations
 
@@ -12,12 +14,20 @@ import argparse
 import importlib
 import sys
 
+from dataset.raw import InputError
+from dataset.split import parse_split
+from dataset.store import OutOfSpaceError, StoreExistsError, check_out
+
 SUBCOMMANDS = {
     "criteo": "dataset.criteo",
     "criteo_cvr": "dataset.criteo_cvr",
     "census": "dataset.census",
     "aliexpress": "dataset.aliexpress",
     "aliccp": "dataset.aliccp",
+    "libfm": "dataset.libfm",
+    "frappe": "dataset.frappe",
+    "amazon": "dataset.amazon",
+    "synthetic_behaviour": "dataset.synthetic_behaviour",
 }
 
 
@@ -25,7 +35,8 @@ def common_arguments() -> argparse.ArgumentParser:
     """Flags every dataset takes."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--out", default=None, help="store directory (default: data/<dataset>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the store at --out (only a store written by preprocess.py, nothing else)")
     p.add_argument("--min-count", type=int, default=10, help="values seen fewer times in train map to OOV")
     p.add_argument("--split", default="8,1,1", help="train,valid,test ratios (default 8,1,1)")
     p.add_argument("--seed", type=int, default=2018, help="seed of the split and the write-time shuffle")
@@ -37,7 +48,6 @@ def common_arguments() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset", required=True)
-    common = common_arguments()
     for name, module in SUBCOMMANDS.items():
         try:
             mod = importlib.import_module(module)
@@ -45,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != module:
                 raise
             continue
-        mod.add_arguments(sub.add_parser(name, parents=[common], help=(mod.__doc__ or "").strip().splitlines()[0]))
+        # A fresh parent per subcommand: argparse shares a parent's action objects with every child, so a
+        # dataset's set_defaults(min_count=...) on a shared parent would change every dataset's default.
+        mod.add_arguments(sub.add_parser(name, parents=[common_arguments()],
+                                         help=(mod.__doc__ or "").strip().splitlines()[0]))
         sub.choices[name].set_defaults(_main=mod.main)
     return parser
 
@@ -54,7 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = f"data/{args.dataset}"
-    return args._main(args)
+    inputs = [path for name, value in sorted(vars(args).items()) if name.endswith("input") and value
+              for path in (value if isinstance(value, list) else [value])]
+    try:
+        try:
+            if args.split is not None:  # None: the dataset's protocol fixes the splits (amazon)
+                parse_split(args.split)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        check_out(args.out, args.overwrite, inputs)
+        return args._main(args)
+    except (InputError, StoreExistsError) as e:  # OutPathError is an InputError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OutOfSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from dataset.tabular import InputError, add_table_arguments, cli_main, preprocess_csv_files, resolve_input
+from dataset.tabular import InputError, add_table_arguments, preprocess_csv_files, resolve_input
 
 LABELS = ("click", "purchase")
 DENSE_PREFIX = "D"
@@ -44,11 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_table_arguments(parser)
 
 
-@cli_main
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> int:
+    """Run the subcommand (preprocess.py has checked --out and prints the errors)."""
     args.input = resolve_input(args.input, DEFAULT_INPUT,
                                f"pass --input {SHARED_INPUT} (a 100-row sample; add --min-count 1), or build "
                                f"the CSVs from the Ali-CCP release at {SOURCE}")
     preprocess_csv_files(args, dataset="aliccp",
                          inputs={"train": args.input, "valid": args.valid_input, "test": args.test_input},
                          roles=column_roles, label_cols=LABELS, funnel=LABELS)
+    return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from dataset.tabular import InputError, add_table_arguments, cli_main, preprocess_csv_files, resolve_input
+from dataset.tabular import InputError, add_table_arguments, preprocess_csv_files, resolve_input
 
 ID_COLUMN = "search_id"
 SPARSE_PREFIX = "categorical_"
@@ -47,10 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_table_arguments(parser)
 
 
-@cli_main
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> int:
+    """Run the subcommand (preprocess.py has checked --out and prints the errors)."""
     args.input = resolve_input(args.input, DEFAULT_INPUT,
                                f"pass --input {SHARED_INPUT} (a 100-row sample; add --min-count 1), "
                                f"or download a country's train.csv / test.csv from {SOURCE}")
     preprocess_csv_files(args, dataset="aliexpress", inputs={"train": args.input, "test": args.test_input},
                          roles=column_roles, label_cols=LABELS, funnel=LABELS)
+    return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset.tabular import (InputError, RawTable, add_table_arguments, cli_main, drop_non_numeric,
+from dataset.tabular import (InputError, RawTable, add_table_arguments, drop_non_numeric,
                              frame_arguments, open_text, preprocess_frame, read_table, resolve_input,
                              skipped_stats, to_frame)
 
@@ -87,8 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_table_arguments(parser)
 
 
-@cli_main
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> int:
+    """Run the subcommand (preprocess.py has checked --out and prints the errors)."""
     args.input = resolve_input(
         args.input, DEFAULT_INPUT,
         f"pass --input {SHARED_INPUT} (the 99,762-row test split in this workspace), or download "
@@ -98,3 +98,4 @@ def main(args: argparse.Namespace) -> None:
     df, table = read_census(args.input, args.strict)
     preprocess_frame(df, args.out, dataset="census", sparse_cols=SPARSE, dense_cols=CONTINUOUS, label_cols=LABELS,
                      stats=skipped_stats([table]), **kwargs)
+    return 0

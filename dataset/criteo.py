@@ -5,7 +5,8 @@
 
 Input: one row per line, tab-separated, no header: ``click I1..I13 C1..C26`` (40 columns); ``click`` is 0/1,
 ``I*`` are integers (may be empty or negative), ``C*`` are 8 lowercase hex digits (may be empty). Plain or
-gzip (detected from the magic bytes). Lines ending in ``\\r\\n`` are accepted.
+gzip (detected from the magic bytes). Lines ending in ``\\r\\n`` are accepted, and so is a UTF-8
+byte-order mark before the first row.
 
 Output (see dataset/store.py): label ``click``; sparse fields ``C1..C26`` with ids from
 :class:`~dataset.vocab.Vocabulary` fitted on the train split only (0 = OOV or rarer than ``--min-count``,
@@ -19,6 +20,10 @@ Output (see dataset/store.py): label ``click``; sparse fields ``C1..C26`` with i
 * ``numeric``: 13 dense floats ``log(1 + max(x, 0))``, the transform of DLRM's Criteo pipeline (Naumov et
   al., "Deep Learning Recommendation Model for Personalization and Recommendation Systems", arXiv 2019:
   negatives clip to 0, then log(x + 1)); a missing cell becomes 0, so it reads like a 0 count.
+
+``--hash-buckets N`` / ``--hash FIELD=N``: those fields skip the vocabulary (and its counting in pass 1)
+and map each value to ``2 + splitmix64(code) mod N`` (:func:`dataset.vocab.hash_codes`; missing -> 1), so
+values never seen in train still get their own bucket.
 
 Bad rows are skipped and counted per kind (:data:`BAD_ROW_KINDS`), or with ``--strict`` the first one is an
 error naming the file and line. Same input and flags give a byte-identical ``data.mdb`` (no hash seeds).
@@ -50,7 +55,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,10 +68,10 @@ from tqdm import tqdm
 
 from dataset.raw import InputError, is_gzip, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, parse_split
-from dataset.store import StoreExistsError, StoreWriter
+from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
+from dataset.store import StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
 from dataset.synthetic import write_synthetic_criteo
-from dataset.vocab import Vocabulary, count_values, ids_from_positions
+from dataset.vocab import Vocabulary, count_values, hash_codes, ids_from_positions
 
 T = TypeVar("T")
 LABEL = "click"
@@ -393,6 +397,21 @@ class FieldEncoder:
         return len(self.vocab)
 
 
+@dataclass
+class HashedField:
+    """A field hashed into ``buckets`` ids instead of a vocabulary (``--hash``): no counting pass, and a
+    value never seen still gets a bucket. Ids as :func:`dataset.vocab.hash_codes` gives them for the
+    field's decoded codes (the 32-bit value of the hex string; the bucket number of a bucketized I field)."""
+
+    buckets: int
+
+    def encode(self, codes: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        return hash_codes(codes, missing, self.buckets)
+
+    def __len__(self) -> int:
+        return self.buckets + 2
+
+
 def _missing_bit(bits: np.ndarray, col: int) -> np.ndarray:
     """Column ``col``'s missing flags, bool [n], from packed flags uint8 [5, n] (column-major)."""
     return ((bits[col >> 3] >> np.uint8(col & 7)) & np.uint8(1)).astype(bool)
@@ -416,6 +435,8 @@ class _Counter:
 
     def add(self, codes: np.ndarray, missing: np.ndarray) -> None:
         """codes uint32 [n, 39], packed missing flags uint8 [n, 5] of train rows."""
+        if not self.columns:  # every field hashed: nothing to count
+            return
         self._codes.append(np.ascontiguousarray(codes.T))
         self._missing.append(np.ascontiguousarray(missing.T))
         self._rows += len(codes)
@@ -455,10 +476,14 @@ class _Scan:
     buckets: _Buckets
 
 
+def _estimated_rows(path: Path) -> int:
+    """Rows in a Criteo file, from its size (gzip assumed 4x compressed), rounded up."""
+    return math.ceil(path.stat().st_size * (4 if is_gzip(path) else 1) / 200)  # a row is about 240 bytes of text
+
+
 def _n_buckets(path: Path) -> int:
-    """Buckets for about BUCKET_BYTES of records each, from the input size (gzip assumed 4x compressed)."""
-    est_rows = path.stat().st_size * (4 if is_gzip(path) else 1) / 200  # a Criteo row is about 240 bytes of text
-    return int(min(MAX_BUCKETS, max(1, math.ceil(est_rows * RECORD.itemsize / BUCKET_BYTES))))
+    """Buckets for about BUCKET_BYTES of records each, from the input size."""
+    return int(min(MAX_BUCKETS, max(1, math.ceil(_estimated_rows(path) * RECORD.itemsize / BUCKET_BYTES))))
 
 
 def _records(rows: Rows, dense: str) -> np.ndarray:
@@ -558,11 +583,21 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable[..., T], items: Iterable[An
             future.cancel()
 
 
+def _sparse_columns(dense: str) -> list[int]:
+    """Record columns of the sparse fields: I1..I13 (bucketized) and C1..C26, or C1..C26 alone."""
+    return list(range(N_COLUMNS - 1)) if dense == "bucketize" else list(range(13, N_COLUMNS - 1))
+
+
+def _field_name(col: int) -> str:
+    return (INT_FIELDS + CAT_FIELDS)[col]
+
+
 def _pass1(path: Path, bucket_dir: Path, dense: str, ratios: tuple[float, float, float], seed: int,
-           strict: bool, progress: bool, pool: ThreadPoolExecutor) -> _Scan:
-    """Tokenize, validate, assign splits, count train values, scatter records into bucket files."""
-    sparse_cols = list(range(N_COLUMNS - 1)) if dense == "bucketize" else list(range(13, N_COLUMNS - 1))
-    counter = _Counter(sparse_cols, [c < 13 for c in sparse_cols], pool)
+           strict: bool, progress: bool, pool: ThreadPoolExecutor, hashed: dict[str, int]) -> _Scan:
+    """Tokenize, validate, assign splits, count train values (of the fields not hashed), scatter records
+    into bucket files."""
+    counted = [c for c in _sparse_columns(dense) if _field_name(c) not in hashed]
+    counter = _Counter(counted, [c < 13 for c in counted], pool)
     assigner = SplitAssigner(ratios, seed)
     bucket_rng = np.random.default_rng([seed, 1])
     split_rows, lines = [0, 0, 0], 0
@@ -592,14 +627,14 @@ def _pass1(path: Path, bucket_dir: Path, dense: str, ratios: tuple[float, float,
     return _Scan(split_rows, lines, bad_counts, bad_lines, counter, buckets)
 
 
-def _encode(rec: np.ndarray, encoders: list[FieldEncoder], columns: list[int], signed: list[bool],
+def _encode(rec: np.ndarray, encoders: list[FieldEncoder | HashedField],
             dense: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RECORD [m] -> sparse ids int32 [m, F], dense float32 [m, 13 or 0], label float32 [m, 1]."""
     codes = np.ascontiguousarray(rec["codes"].T)  # [39, m]: one contiguous row per field
     missing = np.ascontiguousarray(rec["missing"].T)  # [5, m]
     sparse = np.empty((len(rec), len(encoders)), dtype=np.int32)
-    for j, (col, sign, enc) in enumerate(zip(columns, signed, encoders)):
-        sparse[:, j] = enc.encode(codes[col].view(np.int32) if sign else codes[col], _missing_bit(missing, col))
+    for j, (col, enc) in enumerate(zip(_sparse_columns(dense), encoders)):
+        sparse[:, j] = enc.encode(codes[col].view(np.int32) if col < 13 else codes[col], _missing_bit(missing, col))
     n_dense = len(INT_FIELDS) if dense == "numeric" else 0
     dense_values = np.ascontiguousarray(codes[:n_dense].T).view(np.float32)
     return sparse, dense_values, rec["label"].astype(np.float32)[:, None]
@@ -612,7 +647,7 @@ def _shuffled(item: tuple[_Buckets, int, np.ndarray]) -> np.ndarray:
     return np.take(rec, perm[np.argsort(rec["split"][perm], kind="stable")])
 
 
-def _pass2(scan: _Scan, encoders: list[FieldEncoder], writer: StoreWriter, dense: str,
+def _pass2(scan: _Scan, encoders: list[FieldEncoder | HashedField], writer: StoreWriter, dense: str,
            seed: int, progress: bool, pool: ThreadPoolExecutor) -> None:
     """Load each bucket, permute it, map codes to ids and append its rows to their splits.
 
@@ -633,7 +668,7 @@ def _pass2(scan: _Scan, encoders: list[FieldEncoder], writer: StoreWriter, dense
             bar.update(len(rec))
 
     def encode(batch: tuple[str, np.ndarray]) -> tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        return batch[0], _encode(batch[1], encoders, scan.counter.columns, scan.counter.signed, dense)
+        return batch[0], _encode(batch[1], encoders, dense)
 
     with bar:
         for name, parts in _in_order(pool, encode, batches()):
@@ -671,7 +706,33 @@ def _check_options(path: Path, min_count: int, dense: str, split: tuple[float, f
         raise InputError(str(e)) from None
 
 
-def _schema(encoders: list[FieldEncoder], dense: str) -> Schema:
+def _check_hashed(hashed: dict[str, int], dense: str) -> dict[str, int]:
+    """Field -> buckets, every field a sparse field of this ``--dense`` mode and every count >= 1."""
+    names = [_field_name(c) for c in _sparse_columns(dense)]
+    unknown = sorted(set(hashed) - set(names))
+    if unknown:
+        raise InputError(f"--hash: {', '.join(unknown)} is not a sparse field with --dense {dense} "
+                         f"(sparse fields: {names[0]}..{names[-1]})")
+    bad = {f: n for f, n in hashed.items() if n < 1}
+    if bad:
+        raise InputError(f"--hash: bucket counts must be >= 1, got {bad}")
+    return hashed
+
+
+def parse_hash_flags(buckets: int | None, per_field: list[str]) -> dict[str, int]:
+    """``--hash-buckets N`` (every C field) and ``--hash FIELD=N ...`` (these fields; they win) -> field ->
+    buckets."""
+    hashed = {f: buckets for f in CAT_FIELDS} if buckets is not None else {}
+    for item in per_field:
+        name, _, n = item.partition("=")
+        try:
+            hashed[name] = int(n)
+        except ValueError:
+            raise InputError(f"--hash takes FIELD=BUCKETS such as C3=1000000, got {item!r}") from None
+    return hashed
+
+
+def _schema(encoders: list[FieldEncoder | HashedField], dense: str) -> Schema:
     if dense == "bucketize":
         return Schema(INT_FIELDS + CAT_FIELDS, [len(e) for e in encoders], (), (LABEL,))
     return Schema(CAT_FIELDS, [len(e) for e in encoders], INT_FIELDS, (LABEL,))
@@ -722,36 +783,52 @@ def _keep_freed_memory() -> None:
 def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike, *, min_count: int = 10,
                       dense: str = "bucketize", split: tuple[float, float, float] = (0.8, 0.1, 0.1),
                       seed: int = 2018, chunk_size: int = 8192, overwrite: bool = False, strict: bool = False,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, hashed: dict[str, int] | None = None) -> dict[str, Any]:
     """Raw Criteo TSV (plain or gzip) -> LMDB store at ``out_path`` (see the module docstring).
 
+    ``hashed``: field name -> bucket count for the fields hashed instead of given a vocabulary.
+
     Returns the store's metadata record (schema, rows per split, ``options``, ``stats`` with skipped rows).
-    Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, or (``strict``) the
-    first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` exists and not ``overwrite``.
+    Raises :class:`InputError` on a missing or empty input, bad flags, no valid row, an empty split, or
+    (``strict``) the first bad row; :class:`~dataset.store.StoreExistsError` if ``out_path`` is a store and not
+    ``overwrite``, :class:`~dataset.store.OutPathError` if it is anything else (see
+    :func:`~dataset.store.check_out`); :class:`~dataset.store.OutOfSpaceError` if the disk fills up.
     """
     start = time.perf_counter()
     path, out = Path(input_path), Path(out_path)
     ratios = _check_options(path, min_count, dense, split, chunk_size)
+    hashed = _check_hashed(hashed or {}, dense)
+    check_out(out, overwrite, inputs=[path])
     _keep_freed_memory()
-    if out.exists() and not overwrite:
-        raise StoreExistsError(f"store {out} already exists; pass --overwrite to replace it")
-    stale = sorted(str(p) for p in out.parent.glob(f"{out.name}.tmp-*"))
-    if stale:
-        print(f"note: {', '.join(stale)} left by an interrupted run; delete them once no preprocess is running")
-    bucket_dir = out.with_name(f"{out.name}.tmp-{os.getpid()}-buckets")
+    bucket_dir = scratch_dir(out)
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="criteo")
     try:
-        scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool)
+        try:
+            scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool, hashed)
+        except OSError as e:
+            reason = space_failure(e, bucket_dir)
+            if not reason:
+                raise
+            shutil.rmtree(bucket_dir, ignore_errors=True)
+            rows = _estimated_rows(path)
+            raise out_of_space(reason, bucket_dir, f"the shuffle buckets need about "
+                               f"{human_size(rows * RECORD.itemsize)} (about {rows:,} rows x {RECORD.itemsize} "
+                               f"bytes)") from None
         if not sum(scan.split_rows):
             raise InputError(
                 f"{path}: none of its {scan.lines:,} lines is a valid Criteo row: "
                 f"{_bad_summary(scan.bad_counts, scan.bad_lines)}; pass the raw labelled train.txt"
             )
-        encoders = [FieldEncoder.fit(counts, min_count, hex_codes=not sign)
-                    for counts, sign in zip(scan.counter.counts, scan.counter.signed)]
-        with StoreWriter(out, _schema(encoders, dense), "criteo", chunk_size, overwrite) as writer:
+        check_split_rows(scan.split_rows, str(path))
+        fitted = iter(FieldEncoder.fit(counts, min_count, hex_codes=not sign)
+                      for counts, sign in zip(scan.counter.counts, scan.counter.signed))
+        encoders = [HashedField(hashed[_field_name(c)]) if _field_name(c) in hashed else next(fitted)
+                    for c in _sparse_columns(dense)]
+        with StoreWriter(out, _schema(encoders, dense), "criteo", chunk_size, overwrite,
+                         expected_rows=sum(scan.split_rows)) as writer:
             writer.meta["options"] = {"input": path.name, "min_count": min_count, "dense": dense,
-                                      "split": list(ratios), "seed": seed, "chunk_size": chunk_size}
+                                      "split": list(ratios), "seed": seed, "chunk_size": chunk_size,
+                                      "hashed": dict(sorted(hashed.items()))}
             writer.meta["stats"] = {"lines": scan.lines, "rows": sum(scan.split_rows),
                                     "skipped": dict(scan.bad_counts), "skipped_lines": dict(scan.bad_lines)}
             _pass2(scan, encoders, writer, dense, seed, progress, pool)
@@ -782,24 +859,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=None, help=f"raw Criteo TSV, plain or .gz (default: {DEFAULT_INPUT})")
     parser.add_argument("--dense", choices=DENSE_MODES, default="bucketize",
                         help="bucketize: I1..I13 -> floor(ln(x)^2) sparse fields (default); numeric: log1p floats")
+    parser.add_argument("--hash-buckets", type=int, default=None, metavar="N",
+                        help="hash every C field into N buckets instead of fitting a vocabulary (no counting pass; "
+                             "values never seen still get a bucket)")
+    parser.add_argument("--hash", nargs="+", default=[], metavar="FIELD=N",
+                        help="hash these fields into N buckets each, e.g. --hash C3=1000000 C12=1000000")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N",
                         help=f"generate N synthetic rows into {RAW_DIR}/criteo_synthetic_N.txt and preprocess them")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the subcommand (preprocess.py has checked --out and prints the errors)."""
     try:
-        try:
-            ratios = parse_split(args.split)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        if args.synthetic is not None and args.input is not None:
-            raise InputError("pass either --input or --synthetic N, not both")
-        if args.synthetic is not None and args.synthetic < 1:
-            raise InputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
-        path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
-        preprocess_criteo(path, args.out, min_count=args.min_count, dense=args.dense, split=ratios, seed=args.seed,
-                          chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict)
-    except (InputError, StoreExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        ratios = parse_split(args.split)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if args.synthetic is not None and args.input is not None:
+        raise InputError("pass either --input or --synthetic N, not both")
+    if args.synthetic is not None and args.synthetic < 1:
+        raise InputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
+    hashed = parse_hash_flags(args.hash_buckets, args.hash)
+    _check_hashed(hashed, args.dense)
+    path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
+    preprocess_criteo(path, args.out, min_count=args.min_count, dense=args.dense, split=ratios, seed=args.seed,
+                      chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict, hashed=hashed)
     return 0

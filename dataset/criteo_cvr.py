@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dataset.criteo import CAT_FIELDS, INT_FIELDS, bucketize, synthetic_input
-from dataset.tabular import (InputError, RawTable, checked_frame, cli_main, frame_arguments, open_text,
+from dataset.tabular import (InputError, RawTable, checked_frame, frame_arguments, open_text,
                              preprocess_frame, skipped_stats)
 
 LABELS = ("click", "conversion")
@@ -67,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(dense="bucketize", buckets=1)
 
 
-@cli_main
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> int:
+    """Run the subcommand (preprocess.py has checked --out and prints the errors)."""
     if bool(args.input) == bool(args.synthetic):
         raise InputError("give exactly one of --input PATH or --synthetic N")
     if args.synthetic:
@@ -78,3 +78,4 @@ def main(args: argparse.Namespace) -> None:
     kwargs.update(dense="numeric")  # no dense columns are left: I1..I13 are sparse buckets already
     preprocess_frame(df, args.out, dataset="criteo_cvr", sparse_cols=(*INT_FIELDS, *CAT_FIELDS), dense_cols=(),
                      label_cols=LABELS, stats=df.attrs["stats"], **kwargs)
+    return 0

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class InputError(ValueError):
@@ -19,14 +22,48 @@ def is_gzip(path: str | os.PathLike) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
+class _CheckedGzip(io.RawIOBase):
+    """A gzip file's decompressed bytes, with a damaged file (cut short, or not valid gzip data after its
+    magic bytes) reported as an :class:`InputError` naming it, not as zlib's or gzip's own exception."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.gz = gzip.open(path, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        try:
+            return self.gz.readinto(buffer)
+        except EOFError:
+            raise InputError(f"input {self.path} is a truncated gzip file (it ends inside its compressed data); "
+                             f"copy or download it again, then pass it with --input") from None
+        except (gzip.BadGzipFile, zlib.error) as e:
+            raise InputError(f"input {self.path} is a damaged gzip file ({e}); copy or download it again, "
+                             f"then pass it with --input") from None
+
+    def close(self) -> None:
+        self.gz.close()
+        super().close()
+
+
 def open_raw(path: str | os.PathLike) -> tuple[BinaryIO, BinaryIO]:
     """-> (decoded byte stream, the file on disk, whose ``tell()`` measures progress); closing the stream
-    closes both. gzip is detected from its magic bytes, whatever the suffix."""
+    closes both. gzip is detected from its magic bytes, whatever the suffix; a UTF-8 byte-order mark
+    at the start (which some editors and exports add) is skipped, so it does not spoil the first row."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"input file {path} does not exist; check --input")
-    if is_gzip(path):
-        stream = gzip.open(path, "rb")
-        return stream, stream.fileobj  # type: ignore[return-value]
-    stream = open(path, "rb")
-    return stream, stream
+    try:
+        if is_gzip(path):
+            raw = _CheckedGzip(path)
+            stream: io.BufferedReader = io.BufferedReader(raw, buffer_size=1 << 16)
+            disk = raw.gz.fileobj
+        else:
+            stream = disk = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"cannot read input {path}: {e.strerror}; check --input and its permissions") from None
+    if stream.peek(len(UTF8_BOM))[:len(UTF8_BOM)] == UTF8_BOM:
+        stream.read(len(UTF8_BOM))
+    return stream, disk  # type: ignore[return-value]

@@ -2,21 +2,38 @@
 whether rows arrive in one block or many."""
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
 
+from dataset.raw import InputError
 from dataset.store import SPLITS
+
+EVERY_SPLIT_NEEDED = "train.py needs valid rows for early stopping and test rows for the final score"
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
-    """``"8,1,1"`` -> normalized ratios (0.8, 0.1, 0.1). A clear error names the flag on bad input."""
+    """``"8,1,1"`` -> normalized ratios (0.8, 0.1, 0.1). Every ratio must be a positive finite number: a
+    split left empty gives a store train.py refuses. A clear error names the flag on bad input."""
     try:
         parts = [float(p) for p in text.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] <= 0:
-        raise ValueError(f"--split must be three non-negative numbers train,valid,test with train > 0, got {text!r}")
+    if len(parts) != 3 or not all(math.isfinite(p) and p > 0 for p in parts):
+        raise ValueError(f"--split must be three positive numbers train,valid,test (every split needs rows: "
+                         f"{EVERY_SPLIT_NEEDED}), got {text!r}")
     total = sum(parts)
     return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+def check_split_rows(rows: Sequence[int], source: str) -> None:
+    """Raise :class:`InputError` if a split got no rows (``rows``: per split, in ``SPLITS`` order)."""
+    empty = [name for name, n in zip(SPLITS, rows) if n == 0]
+    if empty:
+        counts = ", ".join(f"{name} {n:,}" for name, n in zip(SPLITS, rows))
+        raise InputError(f"{source}: split {' and '.join(empty)} got no rows ({counts}); every split needs rows "
+                         f"({EVERY_SPLIT_NEEDED}): give more rows or raise its part of --split")
 
 
 class SplitAssigner:
@@ -34,4 +51,4 @@ class SplitAssigner:
         return np.searchsorted(self.bounds, self.rng.random(n), side="right").astype(np.int8)
 
 
-__all__ = ["SPLITS", "parse_split", "SplitAssigner"]
+__all__ = ["SPLITS", "parse_split", "check_split_rows", "SplitAssigner"]

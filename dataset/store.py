@@ -24,20 +24,27 @@ they should be stored (preprocessing shuffles them once, at write time).
 
 Atomicity: a store is built in ``<path>.tmp-<pid>`` and renamed to ``<path>`` only after the metadata
 record, which is written last, has been committed. A killed run leaves only the ``.tmp-`` directory,
-which :class:`StoreReader` never opens.
+which :class:`StoreReader` never opens, and the next run on the same path removes. Where a store may be
+written, and how it takes its place without replacing anything else, is the last section of this file.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import re
+import resource
 import shutil
+import sys
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import lmdb
 import numpy as np
 
+from dataset.raw import InputError
 from dataset.schema import Schema
 
 FORMAT_VERSION = 2
@@ -128,10 +135,15 @@ class StoreWriter:
         chunk_size: int = 8192,
         overwrite: bool = False,
         commit_every: int = 64,
+        expected_rows: int | None = None,
     ) -> None:
+        """``overwrite``: replace a store already at ``path`` (never anything else: see :func:`check_out`).
+        ``expected_rows``: the rows that will be added, if known; a full disk is then reported with the
+        space the store needs."""
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise StoreExistsError(f"store {self.path} already exists; pass --overwrite to replace it")
+        check_out(self.path, overwrite)
+        self.overwrite = overwrite
+        self.expected_rows = expected_rows
         self.schema = schema
         self.chunk_size = int(chunk_size)
         self.commit_every = commit_every
@@ -139,8 +151,16 @@ class StoreWriter:
         self._tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         if self._tmp.exists():
             shutil.rmtree(self._tmp)
-        self._tmp.parent.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(self._tmp), map_size=_MAP_SIZE, subdir=True, sync=False, metasync=False)
+        try:
+            self._tmp.parent.mkdir(parents=True, exist_ok=True)
+            self._env = lmdb.open(str(self._tmp), map_size=_MAP_SIZE, subdir=True, sync=False, metasync=False)
+        except (OSError, lmdb.Error) as e:
+            reason = space_failure(e, self._tmp)
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            if reason:
+                raise out_of_space(reason, self._tmp, self._need()) from None
+            raise OutPathError(f"cannot create the store {self._tmp}: {e}; pass an --out in a writable directory") \
+                from None
         self._txn = self._env.begin(write=True)
         self._pending: dict[str, list[Chunk]] = {s: [] for s in SPLITS}
         self._pending_rows = {s: 0 for s in SPLITS}
@@ -222,31 +242,46 @@ class StoreWriter:
         self._txn.commit()
         self._env.sync(True)
         self._env.close()
-        if self.path.exists():  # only reachable with overwrite=True
-            _evict(self.path)
-            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self._tmp, self.path)
-            shutil.rmtree(old)
-        else:
-            os.replace(self._tmp, self.path)
+        _move_into_place(self._tmp, self.path, self.overwrite)
         return self.meta
 
     def abort(self) -> None:
+        """Drop what was written: nothing of this writer is left on disk. Safe after a failed ``close``."""
         try:
-            self._txn.abort()
+            self._txn.abort()  # no-op on a finished transaction or a closed environment
             self._env.close()
+        except lmdb.Error:
+            pass
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _need(self) -> str:
+        """The space the store needs, in words (the row width of the schema's blocks: see encode_chunk)."""
+        row_bytes = sum(b.width * b.store_dtype.itemsize for b in self.schema.blocks())
+        if self.expected_rows is None:
+            return f"the store needs {row_bytes} bytes per row"
+        return (f"the store needs about {human_size(self.expected_rows * row_bytes)} "
+                f"({self.expected_rows:,} rows x {row_bytes} bytes)")
+
+    def _fail(self, e: BaseException) -> None:
+        """Remove the partial store; a full disk becomes an :class:`OutOfSpaceError` saying how much is needed."""
+        reason = space_failure(e, self._tmp)  # judged before the partial store is removed: that frees space
+        self.abort()
+        if reason:
+            raise out_of_space(reason, self._tmp, self._need()) from None
 
     def __enter__(self) -> "StoreWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        if exc_type is not None:
+            self._fail(exc)
+            return
+        try:
             self.close()
-        else:
-            self.abort()
+        except BaseException as e:
+            self._fail(e)
+            raise
 
 
 _ENVS: dict[str, tuple[int, lmdb.Environment]] = {}  # resolved path -> (pid, env): one handle per process
@@ -310,7 +345,7 @@ class StoreReader:
         if not (self.path / "data.mdb").is_file():
             raise FileNotFoundError(
                 f"no store at {self.path}: create it with `python preprocess.py <dataset> --out {self.path}` "
-                f"(datasets: criteo, census, aliexpress, aliccp), or pass --data pointing to an existing store"
+                f"(`python preprocess.py --help` lists the datasets), or pass --data pointing to an existing store"
             )
         raw = _read_meta(self.path)
         if raw is None:
@@ -373,3 +408,257 @@ def _check_lengths(seq_len: np.ndarray, schema: Schema) -> None:
     max_len = np.array([s.max_len for s in schema.sequence_fields])
     if (seq_len < 0).any() or (seq_len > max_len).any():
         raise ValueError(f"sequence lengths must lie in 0..max_len {max_len.tolist()}")
+
+
+
+# ------------------------------------------------------------------------------ where a store may be written
+#
+# DESIGN.md, Safety: nothing the user owns is replaced without --overwrite, --overwrite replaces only a store
+# (never the raw data, nor a directory of other files), and a store appears whole and exclusively. Names next
+# to a store ``<dir>/<name>``, each ending in the id of the process that owns it:
+#
+#   <name>.tmp-<pid>          the store being written (StoreWriter)
+#   <name>.tmp-<pid>-buckets  scratch files of the run (criteo's shuffle buckets: :func:`scratch_dir`)
+#   <name>.old-<pid>          the replaced store, for the instant of an --overwrite swap
+#
+# A run that finds one of these from a process that is gone removes it, or, for an ``.old-`` store whose
+# replacement never arrived, puts it back (:func:`check_out`).
+
+LMDB_FILES = ("data.mdb", "lock.mdb")  # every file LMDB writes in a store's directory
+_LEFTOVER = r"\.(tmp|old)-(\d+)(-buckets)?"
+_FULL_BELOW = 64 << 20  # free bytes under which a failed write is put down to a full disk
+_RENAME_NOREPLACE = 1  # renameat2 flag (linux/fs.h)
+_AT_FDCWD = -100
+
+
+class OutPathError(InputError):
+    """``--out`` names a path where no store may be written; the message names it and the fix."""
+
+
+class OutOfSpaceError(RuntimeError):
+    """The disk filled up (or the file-size limit was reached) while writing; the message names the path,
+    the space needed and the fix. Whatever the run was writing has been removed."""
+
+
+def scratch_dir(path: str | os.PathLike) -> Path:
+    """Where this process may keep scratch files while it writes the store at ``path`` (removed by the next
+    run on ``path`` if this one is killed)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}-buckets")
+
+
+def store_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a store written by this repo, or None if it is: a directory holding LMDB's files
+    and nothing else, whose ``data.mdb`` has a metadata record (of any format version: an old store may be
+    replaced). Reading the record leaves no LMDB handle open."""
+    path = Path(path)
+    if path.is_symlink():
+        return "it is a symbolic link"
+    if not path.is_dir():
+        return "it is a file" if path.exists() else "it does not exist"
+    names = sorted(os.listdir(path))
+    others = [n for n in names if n not in LMDB_FILES]
+    if others:
+        return f"it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
+    if "data.mdb" not in names:
+        return "it is an empty directory" if not names else "it has no data.mdb"
+    try:
+        meta = json.loads(_read_meta(path) or b"null")
+    except StoreCorruptError:  # a truncated data.mdb: a store damaged after it was written may be replaced
+        return None
+    except (lmdb.Error, ValueError):
+        return "its data.mdb is not a store's"
+    if not (isinstance(meta, dict) and {"format_version", "schema", "splits"} <= meta.keys()):
+        return "its data.mdb has no store metadata record"
+    return None
+
+
+def check_out(out: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, an ``--out`` a store may not be written to: the input file or a directory
+    holding it, anything that is not a store (a file, a directory of other files, ``.``), a store without
+    ``overwrite``, or a place this user cannot write. First removes what killed runs left at ``out``
+    (saying so on stderr). Raises :class:`OutPathError` or :class:`StoreExistsError`."""
+    full = Path(os.path.abspath(out))
+    shown = f"{out}" if Path(out).name == full.name else f"{out} ({full})"
+    if full.parent == full:
+        raise OutPathError(f"--out {shown} is the root directory; pass a new directory such as --out data/<dataset>")
+    for given in inputs:
+        source = Path(given).resolve()
+        if full.resolve() == source or full.resolve() in source.parents:
+            raise OutPathError(f"--out {shown} holds the input {given}; pass an --out outside it, "
+                               f"such as --out data/<dataset>")
+    _clean_leftovers(full)
+    if full.exists() or full.is_symlink():
+        problem = store_problem(full)
+        if problem:
+            raise OutPathError(f"--out {shown} exists and is not a store written by preprocess.py ({problem}); "
+                               f"--overwrite replaces only such stores: pass a new directory as --out")
+        if not overwrite:
+            raise StoreExistsError(f"store {out} already exists; pass --overwrite to replace it")
+    parent = full.parent
+    while not parent.exists() and not parent.is_symlink():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutPathError(f"--out {shown}: {parent} is a file, not a directory; pass an --out in a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "is not writable"
+        raise OutPathError(f"cannot write --out {shown}: {parent} {why}; pass an --out in a writable directory")
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a zombie, which has exited, does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _only_files(path: Path, pattern: str) -> bool:
+    """Whether ``path`` is a directory holding nothing but regular files whose names match ``pattern``."""
+    try:
+        return path.is_dir() and not path.is_symlink() and all(
+            e.is_file(follow_symlinks=False) and re.fullmatch(pattern, e.name) for e in os.scandir(path))
+    except OSError:
+        return False
+
+
+def _clean_leftovers(full: Path) -> None:
+    """Remove the ``.tmp-`` store, scratch and ``.old-`` store that killed runs left next to ``full``; put an
+    ``.old-`` store back if its replacement never arrived. Leaves alone what belongs to a running process and
+    anything holding files these runs do not write."""
+    try:
+        names = sorted(os.listdir(full.parent))
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(re.escape(full.name) + _LEFTOVER, name)
+        if not m or _running(int(m[2])):
+            continue
+        leftover, pid = full.parent / name, int(m[2])
+        if m[1] == "old":
+            if store_problem(leftover):
+                continue
+            if not full.exists() and not full.is_symlink():
+                try:
+                    _rename_noreplace(leftover, full)
+                except (FileNotFoundError, FileExistsError):  # another run got there first
+                    continue
+                print(f"note: restored the store {full} from {leftover}, where an --overwrite run "
+                      f"(process {pid}) that was killed had moved it", file=sys.stderr)
+                continue
+        elif not _only_files(leftover, r"\d+\.bin" if m[3] else "|".join(map(re.escape, LMDB_FILES))):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        print(f"note: removed {leftover}, left by preprocessing process {pid}, which is no longer running",
+              file=sys.stderr)
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, or raise FileExistsError if anything is at ``dst`` (an empty directory too,
+    which ``os.rename`` would silently replace). One atomic renameat2(RENAME_NOREPLACE) where the kernel and
+    file system have it (Linux on ext4, xfs, btrfs, tmpfs ...); elsewhere ``dst`` is first claimed with
+    ``os.mkdir``, which only one process can win, and ``src`` renamed onto that empty directory."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))  # EEXIST -> FileExistsError
+    os.mkdir(dst)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rmdir(dst)
+        raise
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename the finished store ``tmp`` to ``path``, never onto something that appeared meanwhile (another
+    run's store: StoreExistsError) unless ``overwrite`` and it is a store. A replacement moves the old store
+    aside to ``path.old-<pid>``, moves the new one in, then deletes the old one: a crash in between leaves
+    the old store whole, and the next run on ``path`` puts it back."""
+    old = path.with_name(f"{path.name}.old-{os.getpid()}")
+    while True:
+        try:
+            _rename_noreplace(tmp, path)
+            return
+        except FileExistsError:
+            if not overwrite:
+                raise StoreExistsError(f"store {path} already exists; pass --overwrite to replace it") from None
+        problem = store_problem(path)
+        if problem:
+            raise OutPathError(f"{path} appeared while this store was written and is not a store ({problem}); "
+                               f"the new store was not moved in: pass another --out")
+        _evict(path)
+        try:
+            _rename_noreplace(path, old)
+        except FileNotFoundError:  # a concurrent --overwrite run moved it first: try again
+            continue
+        if store_problem(old):  # swapped for something else since it was checked: put that back, untouched
+            _rename_noreplace(old, path)
+            continue
+        try:
+            _rename_noreplace(tmp, path)
+            placed = True
+        except FileExistsError:  # a concurrent --overwrite run moved its store in: it goes the old one's way
+            placed = False
+        shutil.rmtree(old)
+        if placed:
+            return
+
+
+def space_failure(e: BaseException, path: str | os.PathLike) -> str | None:
+    """If ``e``, raised while writing under ``path``, means the disk is full or the file-size limit
+    (``ulimit -f``) was reached, say which; None for any other error. LMDB reports both as a plain I/O error
+    (a short write), so they are told apart by the free space and the limit. Call it before removing the
+    partial output: that frees the space."""
+    io_codes = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+    if not (isinstance(e, OSError) and e.errno in io_codes or isinstance(e, lmdb.DiskError)
+            or isinstance(e, lmdb.Error) and "Input/output error" in str(e)):
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if isinstance(e, OSError) and e.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
+        return f"the file-size limit (ulimit -f) of {human_size(limit)} was reached"
+    if shutil.disk_usage(_existing(Path(path))).free < _FULL_BELOW:
+        return "the disk is full"
+    if limit != resource.RLIM_INFINITY:
+        return f"the file-size limit (ulimit -f) of {human_size(limit)} was reached"
+    return None
+
+
+def out_of_space(reason: str, path: str | os.PathLike, need: str) -> OutOfSpaceError:
+    """The one-line error for :func:`space_failure`'s ``reason``, once the partial output is removed."""
+    free = shutil.disk_usage(_existing(Path(path))).free
+    fix = "raise it (ulimit -f unlimited)" if "ulimit" in reason else "free some space"
+    return OutOfSpaceError(f"{reason} while writing {path}: {need}, and {human_size(free)} are free there; "
+                           f"removed what was written; {fix} or pass an --out on a disk with room")
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def human_size(n: float) -> str:
+    """A byte count in words: 512 bytes, 4.2 MB, 1.3 GB."""
+    if n < 1000:
+        return f"{int(n)} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            break
+    return f"{n:,.1f} {unit}"

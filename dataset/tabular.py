@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import io
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,8 +29,8 @@ import pandas as pd
 
 from dataset.raw import InputError, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, parse_split
-from dataset.store import StoreExistsError, StoreWriter
+from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
+from dataset.store import StoreWriter, check_out
 from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
 DENSE_TRANSFORMS = ("numeric", "bucketize")
@@ -318,7 +316,8 @@ def label_rates(enc: EncodedTable) -> dict[str, dict[str, float | None]]:
 def write_store(enc: EncodedTable, out_path: str | os.PathLike, *, dataset: str, seed: int, chunk_size: int,
                 overwrite: bool, options: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     """Shuffle each split with ``default_rng([seed, split index])`` and write it; -> the store metadata."""
-    with StoreWriter(out_path, enc.schema, dataset=dataset, chunk_size=chunk_size, overwrite=overwrite) as w:
+    with StoreWriter(out_path, enc.schema, dataset=dataset, chunk_size=chunk_size, overwrite=overwrite,
+                     expected_rows=len(enc.split)) as w:
         for i, name in enumerate(SPLITS):
             rows = np.random.default_rng([seed, i]).permutation(np.flatnonzero(enc.split == i))
             w.add(name, enc.sparse[rows], enc.dense[rows], enc.label[rows])
@@ -340,9 +339,9 @@ def preprocess_frame(df: pd.DataFrame, out_path: str | os.PathLike, *, dataset: 
     Prints a summary; -> the store metadata (see ``dataset/store.py``).
     """
     start = time.perf_counter()
-    if Path(out_path).exists() and not overwrite:
-        raise StoreExistsError(f"store {out_path} already exists; pass --overwrite to replace it")
+    check_out(out_path, overwrite)
     split = assign_splits(len(df), split_ratios, seed, predefined_split)
+    check_split_rows(np.bincount(split, minlength=len(SPLITS)).tolist(), f"{dataset} input ({len(df):,} rows)")
     enc = encode_frame(df, split, sparse_cols=sparse_cols, dense_cols=dense_cols, label_cols=label_cols,
                        min_count=min_count, dense=dense, num_buckets=num_buckets)
     meta = write_store(enc, out_path, dataset=dataset, seed=seed, chunk_size=chunk_size, overwrite=overwrite,
@@ -404,19 +403,6 @@ def skipped_stats(tables: Sequence[RawTable]) -> dict[str, Any]:
     """Skipped-row counts of the tables read, for the store metadata."""
     reasons = sum((t.skipped for t in tables), Counter())
     return {"skipped_rows": sum(reasons.values()), "skipped_by_reason": dict(sorted(reasons.items()))}
-
-
-def cli_main(run: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
-    """Wrap a dataset's ``main``: bad input or an existing store prints one ``error:`` line and returns 1."""
-    @functools.wraps(run)
-    def main(args: argparse.Namespace) -> int:
-        try:
-            run(args)
-        except (InputError, StoreExistsError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        return 0
-    return main
 
 
 def resolve_input(given: str | None, default: str | os.PathLike, hint: str) -> str:

@@ -147,7 +147,7 @@ def test_store_equals_row_by_row_reference(tmp_path, monkeypatch, dense, block_b
     assert schema.labels == ("click",)
     assert (schema.sparse_fields, schema.dense_fields) == ((ints + cats, ()) if dense == "bucketize" else (cats, ints))
     assert meta["options"] == {"input": "raw.txt", "min_count": 3, "dense": dense, "split": [0.8, 0.1, 0.1],
-                               "seed": 2018, "chunk_size": 64}
+                               "seed": 2018, "chunk_size": 64, "hashed": {}}
 
 
 def test_gzip_input_gives_the_same_rows(tmp_path):
@@ -383,4 +383,44 @@ def test_killed_run_leaves_no_loadable_store_and_a_rerun_succeeds(tmp_path, caps
         StoreReader(out)
     meta = preprocess_criteo(path, out, progress=False)
     assert StoreReader(out).meta == meta and meta["stats"]["rows"] == 8000
-    assert "left by an interrupted run" in capsys.readouterr().out  # the leftovers are pointed out
+    assert "which is no longer running" in capsys.readouterr().err  # the leftovers are removed, and said so
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_hashed_fields_get_their_stable_bucket_and_the_rest_is_unchanged(tmp_path):
+    """--hash: a hashed C field holds 2 + splitmix64(hex value) mod N (missing 1), a hashed bucketized I field
+    the hash of its bucket; every other field is exactly what the vocabulary run stores; no counting needed."""
+    from dataset.vocab import hash_codes
+    src = SHARED_DATA / "criteo" / "head8k.txt"
+    plain = preprocess_criteo(src, tmp_path / "plain", min_count=2, progress=False)
+    hashed = preprocess_criteo(src, tmp_path / "hashed", min_count=2, progress=False, hashed={"C3": 97, "I2": 5})
+    assert hashed["options"]["hashed"] == {"C3": 97, "I2": 5}
+    fields = plain["schema"]["sparse_fields"]
+    c3, i2 = fields.index("C3"), fields.index("I2")
+    sizes = hashed["schema"]["vocab_sizes"]
+    assert sizes[c3] == 99 and sizes[i2] == 7
+    assert [v for j, v in enumerate(sizes) if j not in (c3, i2)] == \
+        [v for j, v in enumerate(plain["schema"]["vocab_sizes"]) if j not in (c3, i2)]
+    a, b = StoreReader(tmp_path / "plain").read_split("test"), StoreReader(tmp_path / "hashed").read_split("test")
+    others = [j for j in range(len(fields)) if j not in (c3, i2)]
+    np.testing.assert_array_equal(a["sparse"][:, others], b["sparse"][:, others])  # same rows, same order
+    raw = [line.split("\t") for line in src.read_text().splitlines()]
+    c3_values = {r[1 + 13 + 2] for r in raw}
+    codes = np.array([int(v, 16) for v in sorted(c3_values) if v], np.uint32)
+    allowed = set(hash_codes(codes, np.zeros(len(codes), bool), 97).tolist()) | {1}
+    assert set(b["sparse"][:, c3].tolist()) <= allowed and 1 in b["sparse"][:, c3]
+    assert b["sparse"][:, i2].max() <= 6
+
+
+def test_every_field_hashed_and_bad_hash_flags(tmp_path, capsys):
+    src = SHARED_DATA / "criteo" / "head8k.txt"
+    code = preprocess.main(["criteo", "--input", str(src), "--out", str(tmp_path / "s"), "--hash-buckets", "64",
+                            "--dense", "numeric"])
+    assert code == 0
+    assert StoreReader(tmp_path / "s").schema.vocab_sizes == (66,) * 26
+    for flags, message in ((["--hash", "C99=4"], "C99 is not a sparse field"), (["--hash", "C9=x"], "FIELD=BUCKETS"),
+                           (["--hash", "I1=4", "--dense", "numeric"], "I1 is not a sparse field"),
+                           (["--hash-buckets", "0"], "must be >= 1")):
+        assert preprocess.main(["criteo", "--input", str(src), "--out", str(tmp_path / "t"), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

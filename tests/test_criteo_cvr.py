@@ -40,16 +40,16 @@ def test_bad_rows_are_counted_or_strict(tmp_path, capsys):
     out = tmp_path / "s"
     assert preprocess.main(["criteo_cvr", "--input", str(raw), "--out", str(out), "--min-count", "1"]) == 0
     assert StoreReader(out).meta["stats"]["skipped_rows"] == 2
-    assert preprocess.main(["criteo_cvr", "--input", str(raw), "--out", str(tmp_path / "t"), "--strict"]) == 1
+    assert preprocess.main(["criteo_cvr", "--input", str(raw), "--out", str(tmp_path / "t"), "--strict"]) == 2
     assert "line 11: wrong number of columns" in capsys.readouterr().err  # column counts are checked first
     del lines[9 + 1]
     raw.write_text("\n".join(lines) + "\n")
-    assert preprocess.main(["criteo_cvr", "--input", str(raw), "--out", str(tmp_path / "t"), "--strict"]) == 1
+    assert preprocess.main(["criteo_cvr", "--input", str(raw), "--out", str(tmp_path / "t"), "--strict"]) == 2
     assert "line 7: conversion = 1 without click" in capsys.readouterr().err
 
 
 def test_needs_exactly_one_source(tmp_path, capsys):
-    assert preprocess.main(["criteo_cvr", "--out", str(tmp_path / "s")]) == 1
+    assert preprocess.main(["criteo_cvr", "--out", str(tmp_path / "s")]) == 2
     assert "--synthetic" in capsys.readouterr().err
 
 

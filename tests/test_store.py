@@ -226,6 +226,9 @@ def test_truncated_file_is_corruption_not_a_bus_error(tmp_path):
     os.truncate(data, data.stat().st_size // 2)
     with pytest.raises(StoreCorruptError, match="truncated.*re-run preprocess.py"):
         StoreReader(tmp_path / "s")
+    with StoreWriter(tmp_path / "s", SCHEMA, dataset="toy", overwrite=True) as w:  # and re-running replaces it
+        w.add("train", *random_rows(5))
+    assert StoreReader(tmp_path / "s").num_rows("train") == 5
 
 
 def test_format_1_stores_still_load(tmp_path):

@@ -77,7 +77,7 @@ def test_cli_writes_the_file(tmp_path, capsys):
 
 def test_planted_signal_is_learnable_from_the_store(tmp_path):
     raw = write_synthetic_criteo(tmp_path / "s.txt", 20_000, seed=11)
-    preprocess_criteo(raw, tmp_path / "store", min_count=3, split=(0.8, 0.0, 0.2), progress=False)
+    preprocess_criteo(raw, tmp_path / "store", min_count=3, split=(0.75, 0.05, 0.2), progress=False)
     reader = StoreReader(tmp_path / "store")
 
     def split_rows(split: str) -> tuple[np.ndarray, np.ndarray]:

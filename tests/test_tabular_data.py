@@ -1,7 +1,6 @@
 """The in-memory table path: census-income (MMOE), AliExpress and Ali-CCP samples (ESMM) -> LMDB store."""
 from __future__ import annotations
 
-import argparse
 import gzip
 import types
 from itertools import islice
@@ -27,10 +26,8 @@ CCP_TEST = SHARED_DATA / "aliccp" / "ali_ccp_test_sample.csv"
 
 
 def run(module: types.ModuleType, argv: list[str], out: Path) -> int:
-    """Parse ``argv`` with preprocess.py's common flags plus the module's own, and run its main."""
-    parser = argparse.ArgumentParser(parents=[preprocess.common_arguments()])
-    module.add_arguments(parser)
-    return module.main(parser.parse_args([*argv, "--out", str(out)]))
+    """``python preprocess.py <module's subcommand> argv --out out``, in this process -> its exit code."""
+    return preprocess.main([module.__name__.rsplit(".", 1)[1], *argv, "--out", str(out)])
 
 
 def read_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,7 +157,8 @@ def write_census_with_bad_rows(path: Path, bad: tuple[int, ...] = (4, 7, 9)) -> 
 def test_census_bad_rows_counted(tmp_path: Path) -> None:
     raw = tmp_path / "bad.txt"
     write_census_with_bad_rows(raw)
-    assert run(census, ["--input", str(raw), "--min-count", "1"], tmp_path / "store") == 0
+    # 17 rows: even splits, so that each gets some (preprocessing refuses a store with an empty split)
+    assert run(census, ["--input", str(raw), "--min-count", "1", "--split", "1,1,1"], tmp_path / "store") == 0
     meta = StoreReader(tmp_path / "store").meta
     assert meta["stats"]["skipped_rows"] == 3
     assert meta["stats"]["skipped_by_reason"] == {
@@ -177,7 +175,7 @@ def test_census_strict_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixt
                          ((7, 9), "line 7: income class is not one of"),
                          ((9,), "line 9: non-numeric value in column 'age'")]:
         write_census_with_bad_rows(raw, bad)
-        assert run(census, ["--input", str(raw), "--strict"], tmp_path / "store") == 1
+        assert run(census, ["--input", str(raw), "--strict"], tmp_path / "store") == 2
         assert f"{raw} {message}" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
 
@@ -186,10 +184,10 @@ def test_census_empty_and_missing_input(tmp_path: Path, capsys: pytest.CaptureFi
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    assert run(census, ["--input", str(empty)], tmp_path / "store") == 1
+    assert run(census, ["--input", str(empty)], tmp_path / "store") == 2
     assert "has no data rows" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)  # no data/raw/census/census-income.test.gz here
-    assert run(census, [], tmp_path / "store") == 1
+    assert run(census, [], tmp_path / "store") == 2
     err = capsys.readouterr().err
     assert "../shared/data/census/census-income.test.gz" in err and "archive.ics.uci.edu" in err
     assert not (tmp_path / "store").exists()
@@ -199,7 +197,7 @@ def test_existing_store_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFi
     argv = ["--input", str(CENSUS_SAMPLE), "--min-count", "1"]
     assert run(census, argv, tmp_path / "store") == 0
     first = (tmp_path / "store" / "data.mdb").read_bytes()
-    assert run(census, [*argv, "--seed", "7"], tmp_path / "store") == 1
+    assert run(census, [*argv, "--seed", "7"], tmp_path / "store") == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "store" / "data.mdb").read_bytes() == first
     assert run(census, [*argv, "--seed", "7", "--overwrite"], tmp_path / "store") == 0
@@ -309,14 +307,14 @@ def test_aliccp_purchase_without_click_is_skipped(tmp_path: Path, capsys: pytest
     meta = StoreReader(tmp_path / "s").meta
     assert meta["stats"]["skipped_by_reason"] == {"purchase = 1 without click": 1}
     assert sum(s["rows"] for s in meta["splits"].values()) == 99
-    assert run(aliccp, ["--input", str(raw), "--strict"], tmp_path / "t") == 1
+    assert run(aliccp, ["--input", str(raw), "--strict"], tmp_path / "t") == 2
     assert f"{raw} line 6: purchase = 1 without click" in capsys.readouterr().err
 
 
 def test_csv_header_only_and_wrong_header(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     header_only = tmp_path / "h.csv"
     header_only.write_text(AE_TRAIN.read_text().splitlines()[0] + "\n")
-    assert run(aliexpress, ["--input", str(header_only)], tmp_path / "s") == 1
+    assert run(aliexpress, ["--input", str(header_only)], tmp_path / "s") == 2
     assert "has no data rows" in capsys.readouterr().err
-    assert run(aliexpress, ["--input", str(CCP_TRAIN)], tmp_path / "s") == 1
+    assert run(aliexpress, ["--input", str(CCP_TRAIN)], tmp_path / "s") == 2
     assert "is not an AliExpress CSV" in capsys.readouterr().err
