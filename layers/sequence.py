@@ -232,6 +232,10 @@ class TransformerBlock(nn.Module):
         S' = LayerNorm(E + Dropout(S))
         F  = LayerNorm(S' + Dropout(W^(2) act(W^(1) S' + b^(1)) + b^(2)))      (act: LeakyReLU in BST)
 
+    ``layer_norm=False`` keeps the residual sums without LayerNorm (the BARS BST config, DeepCTR's DSIN):
+    LayerNorm scales the tiny initial embeddings (std 1e-4) up to unit vectors in random directions, which
+    the DNN first has to learn to read.
+
     AutoInt's :class:`layers.attention.InteractingLayer` does not fit here: it ends in ``ReLU(attention +
     W_res e)`` with no output projection, residual LayerNorm or feed-forward part. What the two share, masked
     multi-head attention, is :func:`layers.attention.multi_head_attention`.
@@ -240,7 +244,7 @@ class TransformerBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, ffn_dim: int | None = None, dropout: float = 0.0,
-                 activation: str = "leaky_relu") -> None:
+                 activation: str = "leaky_relu", layer_norm: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"the attention width {dim} must be a multiple of num_heads={num_heads}")
@@ -249,7 +253,7 @@ class TransformerBlock(nn.Module):
         self.W_q, self.W_k, self.W_v, self.W_o = (nn.Linear(dim, dim, bias=False) for _ in range(4))
         ffn_dim = ffn_dim or 4 * dim
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), get_activation(activation, ffn_dim), nn.Linear(ffn_dim, dim))
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = (nn.LayerNorm(dim), nn.LayerNorm(dim)) if layer_norm else (nn.Identity(), nn.Identity())
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -318,11 +322,11 @@ class SessionInterestExtractor(nn.Module):
 
     def __init__(self, dim: int, max_sessions: int, session_len: int, num_heads: int = 8,
                  ffn_dim: int | None = None, dropout: float = 0.0, activation: str = "relu",
-                 bias_encoding: bool = True) -> None:
+                 bias_encoding: bool = True, layer_norm: bool = True) -> None:
         super().__init__()
         self.bias = nn.ParameterList([nn.Parameter(torch.zeros(n)) for n in (max_sessions, session_len, dim)]) \
             if bias_encoding else None
-        self.transformer = TransformerBlock(dim, num_heads, ffn_dim, dropout, activation)
+        self.transformer = TransformerBlock(dim, num_heads, ffn_dim, dropout, activation, layer_norm)
 
     def forward(self, sessions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:

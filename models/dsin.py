@@ -37,9 +37,9 @@ class DSIN(BehaviourModel):
     The session field is not fed to the DNN.
 
     Defaults: the authors' code (DSIN repository / DeepCTR's DSIN): K = 5 sessions of T = 10 behaviours,
-    8 heads, DNN 200-80 ReLU; its activation unit 64-16 (with Dice here); bias encoding on, as the paper
-    (the authors' code defaults it off). Feed-forward width D_g, ReLU, as DeepCTR's transformer. BARS has no
-    DSIN configuration.
+    8 heads, no LayerNorm in the session transformer (the paper's block has it: ``layer_norm=True``), DNN
+    200-80 ReLU, activation unit 64-16 (with Dice here); feed-forward width D_g, ReLU; bias encoding on, as
+    the paper (the authors' code defaults it off). BARS has no DSIN configuration.
 
     Shapes: sessions [B, K, T, D_g]; I, H [B, K, D_g]; U^I, U^H [B, D_g]; DNN input
     [B, other_dim + 2 sum_g D_g]; logits [B, 1].
@@ -49,6 +49,7 @@ class DSIN(BehaviourModel):
                  embed_init_std: float = 1e-4, hidden_units: Sequence[int] = (200, 80), activation: str = "relu",
                  dropout: float = 0.0, batch_norm: bool = False, max_sessions: int = 5, session_len: int = 10,
                  session_field: str = "hist_session", num_heads: int = 8, bias_encoding: bool = True,
+                 layer_norm: bool = False,
                  attention: Literal["din", "bilinear"] = "din", attention_units: Sequence[int] = (64, 16),
                  attention_activation: str = "dice") -> None:
         fields = {s.name: s for s in schema.sequence_fields}
@@ -60,7 +61,8 @@ class DSIN(BehaviourModel):
         self.max_sessions, self.session_len = max_sessions, session_len
         dims = self.behaviour_dims
         self.extractors = nn.ModuleList(SessionInterestExtractor(d, max_sessions, session_len, num_heads, d,
-                                                                 bias_encoding=bias_encoding) for d in dims)
+                                                                 bias_encoding=bias_encoding, layer_norm=layer_norm)
+                                        for d in dims)
         self.interacting = nn.ModuleList(SessionInterestInteracting(d) for d in dims)
         self.attention_i = nn.ModuleList(target_attention(attention, d, attention_units, attention_activation)
                                          for d in dims)

@@ -203,9 +203,10 @@ def transformer_loop(block: TransformerBlock, x: torch.Tensor) -> torch.Tensor:
     return block.norm2(s + hidden @ block.ffn[2].weight.T + block.ffn[2].bias)
 
 
-def test_transformer_block_matches_the_equations_and_never_attends_padding():
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_transformer_block_matches_the_equations_and_never_attends_padding(layer_norm):
     torch.manual_seed(0)
-    block = TransformerBlock(8, num_heads=2, ffn_dim=12).double().eval()
+    block = TransformerBlock(8, num_heads=2, ffn_dim=12, layer_norm=layer_norm).double().eval()
     x, mask = padded(dim=8)
     out = block(x, mask)
     assert out.shape == (B, L, 8) and torch.isfinite(out).all()  # the empty row too
