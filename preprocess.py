@@ -28,6 +28,8 @@ SUBCOMMANDS = {
     "frappe": "dataset.frappe",
     "amazon": "dataset.amazon",
     "synthetic_behaviour": "dataset.synthetic_behaviour",
+    "table": "dataset.table",
+    "avazu": "dataset.avazu",
 }
 
 
@@ -37,7 +39,9 @@ def common_arguments() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="store directory (default: data/<dataset>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the store at --out (only a store written by preprocess.py, nothing else)")
-    p.add_argument("--min-count", type=int, default=10, help="values seen fewer times in train map to OOV")
+    p.add_argument("--min-count", type=int, default=10,
+                   help="values seen fewer times in train map to OOV (default 10, or the dataset's own: amazon, "
+                        "frappe, libfm, synthetic_behaviour 1; table and avazu: the spec's)")
     p.add_argument("--split", default="8,1,1", help="train,valid,test ratios (default 8,1,1)")
     p.add_argument("--seed", type=int, default=2018, help="seed of the split and the write-time shuffle")
     p.add_argument("--chunk-size", type=int, default=8192, help="rows per LMDB value")

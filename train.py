@@ -12,21 +12,32 @@
 Data flows store -> loaders -> model -> loss -> optimizer. --batch_size is per process (the global batch
 is batch_size x processes). Every evaluation (each epoch, and every --eval_every steps) updates best.pt
 by valid AUC (the mean over tasks for multi-task models), steps ReduceLROnPlateau and counts toward
---patience. At the end best.pt is scored on the test split. Rank 0 writes the run dir
-(checkpoints/<model>/<run name> unless --model_save_dir): config.json, TensorBoard events, last.pt,
-best.pt, metrics.json. A flag given with --resume overrides the saved one, except the model, its
-hyperparameters, --batch_size and --seed, which cannot change.
+--patience. At the end best.pt is scored on the test split. The launching process creates the run dir
+(checkpoints/<model>/<run name> unless --model_save_dir; a new directory for every run) and rank 0
+writes into it: config.json, TensorBoard events, last.pt, best.pt (both with a sha256 trailer),
+metrics.json. A flag given with --resume overrides the saved one, except the model, its
+hyperparameters, --batch_size and --seed, which cannot change. Epochs are numbered from 1 wherever a
+person reads them (progress bar, log lines, metrics.json's best_epoch).
 """
 from __future__ import annotations
 
 import argparse
 import collections.abc
+import errno
+import hashlib
 import inspect
+import io
 import json
+import logging
 import math
+import multiprocessing
 import os
 import random
+import re
+import shutil
+import signal
 import socket
+import struct
 import sys
 import time
 import types
@@ -40,7 +51,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -49,7 +59,7 @@ from tqdm import tqdm
 
 import models
 from dataset.loader import CTRLoader, make_loader
-from dataset.store import SPLITS, StoreReader
+from dataset.store import SPLITS, StoreCorruptError, StoreReader
 from layers.embedding import FeatureEmbedding
 from scripts.presets import get_preset, to_argv
 
@@ -68,8 +78,16 @@ class UsageError(Exception):
     """Bad flags or inputs: reported as one line naming the fix, exit code 2."""
 
 
-class NonFiniteLossError(RuntimeError):
+class RunFailed(Exception):
+    """The run cannot go on (a full disk, a corrupt checkpoint, a lost rank): one line, exit code 1."""
+
+
+class NonFiniteLossError(RunFailed):
     """The loss or the weights became NaN/inf: reported as one line, exit code 1."""
+
+
+class CorruptCheckpointError(RunFailed):
+    """A checkpoint whose bytes differ from those train.py wrote (its checksum does not match)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -218,7 +236,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     argv = with_preset(sys.argv[1:] if argv is None else list(argv))
     first, _ = base_parser(add_help=False).parse_known_args(argv)
     ckpt = checkpoint_path(first)
-    saved = load_checkpoint(ckpt, mmap=True)["config"] if ckpt else None
+    try:
+        saved = load_checkpoint(ckpt, mmap=True)["config"] if ckpt else None
+    except CorruptCheckpointError as e:
+        if first.resume:
+            raise CorruptCheckpointError(f"{e}; it cannot be resumed: {best_status(Path(first.resume))}") from None
+        raise
     try:
         cls = models.get_model_class(saved["model"] if saved else first.model)
     except ValueError as e:
@@ -233,6 +256,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
         args, hparams = apply_saved(args, hparams, saved, given_flags(parser, argv))
     args.model = cls.__name__
     return args, hparams
+
+
+def best_status(run_dir: Path) -> str:
+    """Whether ``run_dir``'s best.pt can still be scored (said when its last.pt cannot be resumed)."""
+    step = saved_steps(run_dir).get("best.pt", -1)
+    if step is None:
+        return "best.pt is corrupt too; start a new run"
+    if step < 0:
+        return "there is no best.pt; start a new run"
+    return f"{run_dir / 'best.pt'} is intact (step {step}): score it with --eval_only {run_dir}, or start a new run"
 
 
 def _plain(value: Any) -> Any:
@@ -260,19 +293,30 @@ def apply_saved(args: argparse.Namespace, hparams: dict[str, Any], saved: dict[s
     return argparse.Namespace(**merged), saved_hp
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Ranges of the numeric flags."""
+def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
+    """Ranges of the numeric flags; a NaN or infinite float is refused everywhere, the model's too."""
     positive = ("epochs", "batch_size", "patience", "log_every", "cpu_procs")
-    non_negative = ("num_workers", "eval_every", "ckpt_every", "max_steps", "lr_patience", "embed_l2",
-                    "weight_decay", "ckpt_minutes")
+    non_negative = ("num_workers", "eval_every", "ckpt_every", "max_steps", "lr_patience")
     for k in positive:
         if getattr(args, k) < 1:
             raise UsageError(f"--{k} must be >= 1, got {getattr(args, k)}")
     for k in non_negative:
         if getattr(args, k) < 0:
             raise UsageError(f"--{k} must be >= 0, got {getattr(args, k)}")
-    if not 0 < args.lr_decay_factor < 1:
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    for k in ("weight_decay", "embed_l2", "min_lr", "ckpt_minutes"):
+        if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
+            raise UsageError(f"--{k} must be a finite number >= 0, got {getattr(args, k)}")
+    if not 0 < args.lr_decay_factor < 1:  # also refuses NaN
         raise UsageError(f"--lr_decay_factor must be in (0, 1), got {args.lr_decay_factor}")
+    weights = args.task_weights or ()
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise UsageError(f"--task_weights must be finite numbers >= 0, got {' '.join(map(str, weights))}")
+    for k, v in hparams.items():  # the model checks its own ranges; NaN passes most comparisons
+        values = v if isinstance(v, tuple) else (v,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            raise UsageError(f"--{k} must be a finite number, got {v if isinstance(v, float) else values}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -439,7 +483,7 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
     value = mean_over_ranks(loss.detach(), ctx)
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the training loss is {value} at step {step}; no update was made. Lower --lr, "
-                                 f"raise --embed_l2 or check the data; last.pt holds the last good state")
+                                 f"raise --embed_l2 or check the data")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients are averaged over ranks here
     optimizer.step()
@@ -484,8 +528,13 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...
 
 
 def evaluate(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False) -> tuple[dict[str, float], int]:
-    """-> (metrics of the whole split, number of rows scored)."""
+    """-> (metrics of the whole split, number of rows scored). NaN/inf predictions (weights grown too large,
+    NaN inputs) raise :class:`NonFiniteLossError` (scikit-learn would raise a bare ValueError)."""
     labels, probs = predict(model, loader, ctx, amp)
+    bad = int((~np.isfinite(probs)).any(axis=1).sum())
+    if bad:
+        raise NonFiniteLossError(f"the model predicts NaN/inf for {bad} of the {len(probs)} "
+                                 f"{loader.dataset.split} rows")
     return compute_metrics(labels, probs, model.tasks), len(labels)
 
 
@@ -510,25 +559,149 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file in the same dir, fsync, then os.replace: ``path`` is always whole."""
+# A checkpoint is torch.save's bytes followed by a trailer: their sha256, their length and a magic
+# string. torch.load reads the file as it is (a zip archive ignores trailing bytes), load_checkpoint
+# verifies the trailer first. A file without the trailer (written before it existed) loads unverified:
+# a trailer damaged alone leaves torch.save's bytes intact, and damage that reaches them makes the
+# archive unreadable.
+CHECKSUM = struct.Struct("<32sQ8s")  # sha256 of the torch.save bytes, their length, CHECKSUM_MAGIC
+CHECKSUM_MAGIC = b"CTRsha1\n"
+
+
+def human_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def write_atomic(path: Path, parts: list[bytes | memoryview]) -> None:
+    """Write ``parts`` to a temp file next to ``path`` (``.<name>.tmp-<pid>``), fsync, rename: ``path`` is
+    either its old content or the whole new one. On any failure the temp file is removed; a full disk
+    is a :class:`RunFailed` naming the space the file needs and the space free."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # also KeyboardInterrupt: nothing half-written stays behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            need, free = sum(len(p) for p in parts), shutil.disk_usage(path.parent).free
+            raise RunFailed(f"no space left on the disk of {path.parent}: writing {path.name} needs "
+                            f"{human_bytes(need)}, {human_bytes(free)} are free") from None
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save ``state`` with its checksum trailer, atomically (:func:`write_atomic`)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
+    trailer = CHECKSUM.pack(hashlib.sha256(payload).digest(), len(payload), CHECKSUM_MAGIC)
+    write_atomic(path, [payload, trailer])
+
+
+def checksum_problem(path: Path) -> str | None:
+    """Why ``path``'s bytes are not those train.py wrote, or None (they are, or the file has no trailer)."""
+    size = path.stat().st_size
+    if size < CHECKSUM.size:
+        return None
+    with open(path, "rb") as f:
+        f.seek(size - CHECKSUM.size)
+        digest, length, magic = CHECKSUM.unpack(f.read(CHECKSUM.size))
+        if magic != CHECKSUM_MAGIC:
+            return None
+        if length != size - CHECKSUM.size:
+            return f"it holds {size - CHECKSUM.size} bytes before its checksum, {length} were written"
+        f.seek(0)
+        sha = hashlib.sha256()
+        while chunk := f.read(min(2**20, length)):
+            sha.update(chunk)
+            length -= len(chunk)
+        if sha.digest() != digest:
+            return "its sha256 differs from the one written with it"
+    return None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Verify ``path``'s checksum, then torch.load it (weights_only; ``mmap``: tensors stay on disk)."""
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}: pass a run dir of train.py (it holds last.pt and best.pt) "
                          f"or a .pt file it wrote")
+    problem = checksum_problem(path)
+    if problem:
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {problem}")
     try:
         return torch.load(path, map_location=map_location, mmap=mmap, weights_only=True)
     except Exception as e:  # torch raises several types for a truncated or foreign file
-        raise UsageError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {e}); "
-                         f"it is not a checkpoint written by train.py") from None
+        raise UsageError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {e}); it is damaged or "
+                         f"not a checkpoint written by train.py") from None
+
+
+def saved_steps(run_dir: Path) -> dict[str, int | None]:
+    """The checkpoints in ``run_dir`` -> the step each holds (None: unreadable or corrupt)."""
+    steps: dict[str, int | None] = {}
+    for name in ("last.pt", "best.pt"):
+        if (run_dir / name).is_file():
+            try:
+                steps[name] = int(load_checkpoint(run_dir / name, mmap=True)["progress"]["global_step"])
+            except (UsageError, RunFailed):
+                steps[name] = None
+    return steps
+
+
+def _listing(steps: dict[str, int | None]) -> str:
+    return " and ".join(f"{name} from step {step}" if step is not None else f"a corrupt {name}"
+                        for name, step in steps.items())
+
+
+def what_was_saved(run_dir: Path) -> str:
+    """'<run_dir> holds last.pt from step 40 and best.pt from step 30', or 'nothing was saved in <run_dir>'."""
+    steps = saved_steps(run_dir)
+    return f"{run_dir} holds {_listing(steps)}" if steps else f"nothing was saved in {run_dir}"
+
+
+def resume_advice(run_dir: Path) -> str:
+    """How to go on after a failure, from what ``run_dir`` holds."""
+    steps = saved_steps(run_dir)
+    if steps.get("last.pt") is None:
+        return f"{what_was_saved(run_dir)}: start the run again"
+    return f"resume with --resume {run_dir} (it holds {_listing(steps)})"
+
+
+TEMP_FILE = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Temp files of :func:`write_atomic` whose process is gone (killed in mid-write) are removed, with one
+    line each; one whose process still runs is another command's write in progress and stays."""
+    for path in sorted(run_dir.iterdir()):
+        match = TEMP_FILE.fullmatch(path.name)
+        if not match or not path.is_file():
+            continue
+        pid = int(match["pid"])
+        if pid_alive(pid):
+            print(f"train.py: kept {path}: process {pid} is still running")
+            continue
+        size = path.stat().st_size
+        path.unlink(missing_ok=True)
+        print(f"train.py: removed {path} ({human_bytes(size)}), left by process {pid}, which is gone")
 
 
 def weights_finite(model: nn.Module) -> bool:
@@ -541,7 +714,9 @@ def weights_finite(model: nn.Module) -> bool:
 
 @dataclass
 class Progress:
-    """Where training stands; saved in every checkpoint. ``step_in_epoch`` batches of ``epoch`` are done."""
+    """Where training stands; saved in every checkpoint. ``epoch`` epochs are complete and ``step_in_epoch``
+    batches of the next one are done. People see epochs numbered from 1 (:attr:`epoch_number`): the
+    progress bar, the log lines and ``best_epoch``."""
 
     epoch: int = 0
     step_in_epoch: int = 0
@@ -553,6 +728,11 @@ class Progress:
     bad_evals: int = 0
     last_eval_step: int = -1
     stop_reason: str = ""  # "", "epochs", "early_stopping" or "max_steps"
+
+    @property
+    def epoch_number(self) -> int:
+        """The 1-based epoch the last step belongs to: the one in progress, or the one just completed."""
+        return self.epoch + (1 if self.step_in_epoch else 0)
 
 
 def open_store(path: str) -> StoreReader:
@@ -573,30 +753,116 @@ def check_store_matches(store: StoreReader, saved: dict[str, Any]) -> None:
                          f"(different fields, vocab sizes or labels); pass --data {saved['store']['path']}")
 
 
-def default_run_dir(args: argparse.Namespace) -> Path:
-    return Path("checkpoints") / args.model / (args.run_name or time.strftime("%Y%m%d-%H%M%S"))
+def finished(progress: dict[str, Any], args: argparse.Namespace) -> str | None:
+    """Why a run whose last.pt holds ``progress`` would train no further step under ``args`` (and which flag
+    would continue it), or None. The same rules as :meth:`Trainer.stop_on_resume` and :meth:`Trainer.fit`."""
+    step = progress["global_step"]
+    if progress["stop_reason"] == "early_stopping":
+        return f"early stopping ended it at step {step}; early stopping is final, start a new run to train more"
+    if args.max_steps and step >= args.max_steps:
+        return f"it reached --max_steps {args.max_steps}; pass a larger --max_steps to continue it"
+    if progress["epoch"] >= args.epochs:
+        return f"it trained all {args.epochs} epochs (step {step}); pass a larger --epochs to continue it"
+    return None
+
+
+def create_run_dir(args: argparse.Namespace) -> Path:
+    """Create a new run's directory, exclusively: two runs never share one. Called once per run, by the
+    launching process (torchrun: rank 0), which passes the result to every rank.
+
+    --model_save_dir: a new directory, or an empty one. --run_name: checkpoints/<model>/<name>, which
+    must not exist. Default: checkpoints/<model>/<timestamp>, with -2, -3, ... appended when a run
+    started in the same second took the name first."""
+    if args.model_save_dir:
+        run_dir = Path(args.model_save_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            if not run_dir.is_dir():
+                raise UsageError(f"--model_save_dir {run_dir} is a file; pass a new or empty directory") from None
+            entries = sorted(p.name for p in run_dir.iterdir())
+            if (run_dir / "last.pt").is_file():
+                raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick "
+                                 f"another --model_save_dir") from None
+            if entries:
+                shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+                raise UsageError(f"--model_save_dir {run_dir} is not empty (it holds {shown}) and holds no run to "
+                                 f"resume; pass a new or empty directory") from None
+        return run_dir
+    parent = Path("checkpoints") / args.model
+    parent.mkdir(parents=True, exist_ok=True)
+    if args.run_name:
+        run_dir = parent / args.run_name
+        run_dir.parent.mkdir(parents=True, exist_ok=True)  # a --run_name may hold a /
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            if (run_dir / "last.pt").is_file():
+                raise UsageError(f"{run_dir} already exists: continue that run with --resume {run_dir}, or pick "
+                                 f"another --run_name") from None
+            raise UsageError(f"{run_dir} already exists and holds no last.pt to resume; pick another "
+                             f"--run_name") from None
+        return run_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        run_dir = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise UsageError(f"{parent} already holds runs {stamp} to {stamp}-999; pass --run_name")
+
+
+def prepare_run_dir(config: dict[str, Any]) -> None:
+    """The launching process, before any rank starts: a new run gets its directory (config["run_dir"] is
+    set) and claims it by creating config.json exclusively (an empty --model_save_dir raced by another
+    run); a resumed run loses the temp files of killed writes and gets the config of this command."""
+    args = argparse.Namespace(**config["train"], model=config["model"])
+    if args.resume:
+        run_dir = Path(config["run_dir"])
+        remove_leftovers(run_dir)
+        write_atomic(run_dir / "config.json", [json.dumps(config, indent=2, default=str).encode()])
+        return
+    try:
+        run_dir = create_run_dir(args)
+        config["run_dir"] = str(run_dir)
+        with open(run_dir / "config.json", "x") as f:
+            f.write(json.dumps(config, indent=2, default=str))
+    except FileExistsError:
+        raise UsageError(f"another run started in {run_dir} at the same time; pass another "
+                         f"--model_save_dir") from None
+    except OSError as e:  # permissions, a full disk, a read-only file system
+        raise UsageError(f"cannot create the run dir ({e.strerror}: {e.filename}); pass a --model_save_dir "
+                         f"where you can write") from None
 
 
 def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size: int) -> dict[str, Any]:
     """The full config of a run (checked): flags, model hyperparameters, run dir, store path and metadata."""
-    check_args(args)
+    check_args(args, hparams)
     store = open_store(args.data)
+    chunks = store.num_chunks("train")
+    if chunks < world_size:  # the loader gives every training rank at least one chunk of its own
+        raise UsageError(f"store {args.data} has {chunks} train chunks, fewer than the {world_size} processes; "
+                         f"use fewer processes or preprocess with a smaller --chunk-size")
     if args.resume:
-        saved = load_checkpoint(Path(args.resume) / "last.pt", mmap=True)["config"]
+        last = load_checkpoint(Path(args.resume) / "last.pt", mmap=True)
+        saved = last["config"]
         check_store_matches(store, saved)
         if saved["world_size"] != world_size:
             raise UsageError(f"--resume: the run was trained by {saved['world_size']} process(es), this command "
                              f"starts {world_size}; pass the same --gpu_ids / --cpu_procs for an exact resume")
-        run_dir = Path(args.resume)
+        run_dir: Path | None = Path(args.resume)
+        done = finished(last["progress"], args)
+        if done and (run_dir / "metrics.json").is_file():  # else it stopped before its test: let it finish
+            raise UsageError(f"the run in {run_dir} is finished: {done}; nothing was changed")
     else:
-        run_dir = Path(args.model_save_dir) if args.model_save_dir else default_run_dir(args)
-        if (run_dir / "last.pt").exists():
-            raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                             f"or pick another --run_name / --model_save_dir")
+        run_dir = None  # created by prepare_run_dir
     meta = store.meta
     return {"model": args.model, "model_hparams": hparams,
             "train": {k: v for k, v in vars(args).items() if k != "model"},
-            "run_dir": str(run_dir), "world_size": world_size,
+            "run_dir": str(run_dir) if run_dir else None, "world_size": world_size,
             "store": {"path": str(args.data), "dataset": meta.get("dataset"), "schema": meta["schema"],
                       "splits": meta["splits"], "options": meta.get("options", {})}}
 
@@ -616,6 +882,8 @@ def hparam_value(v: Any) -> int | float | str | bool:
 
 class Trainer:
     """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics."""
+
+    clock = staticmethod(time.monotonic)  # times the train/samples_per_s windows (tests replace it)
 
     def __init__(self, config: dict[str, Any], ctx: Ctx) -> None:
         self.config, self.ctx = config, ctx
@@ -644,8 +912,10 @@ class Trainer:
                         "test": loader("test", train=False)}
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step if self.args.resume
                                     else None) if ctx.master else None
-        self.window: list[float] = []
-        self.window_start = self.last_save = time.monotonic()
+        self.window: list[float] = []  # losses of the steps since the last train/* point
+        self.window_rows = 0  # rows of those steps on this rank
+        self.window_start = self.clock()
+        self.last_save = time.monotonic()
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
@@ -672,13 +942,16 @@ class Trainer:
             return
         if not weights_finite(self.model):
             raise NonFiniteLossError(f"the weights became NaN/inf by step {self.progress.global_step}; {name} was "
-                                     f"not overwritten. Lower --lr or raise --embed_l2")
+                                     f"not written. Lower --lr or raise --embed_l2")
         state = {"model": self.model.state_dict(), "config": self.config, "progress": asdict(self.progress)}
         if name == "last.pt":
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          rng=capture_rng())
             self.last_save = time.monotonic()
-        save_checkpoint(self.run_dir / name, state)
+        try:
+            save_checkpoint(self.run_dir / name, state)
+        except RunFailed as e:  # a full disk
+            raise RunFailed(f"{e}; free some space, then {resume_advice(self.run_dir)}") from None
 
     def checkpoint_due(self) -> bool:
         every = self.args.ckpt_every and self.progress.global_step % self.args.ckpt_every == 0
@@ -693,32 +966,42 @@ class Trainer:
             self.writer.flush()
         if self.ctx.master:
             shown = "  ".join(f"{k} {v:.5f}" for k, v in metrics.items())
-            tqdm.write(f"step {self.progress.global_step} epoch {self.progress.epoch} {prefix}: {shown}")
+            tqdm.write(f"step {self.progress.global_step} epoch {self.progress.epoch_number} {prefix}: {shown}")
 
     def log_train(self) -> None:
-        now = time.monotonic()
-        if self.writer and self.window:
+        """train/* points for the steps since the last ones (every --log_every steps and at the end of each
+        epoch): mean loss, LR, and samples/s = every rank's rows over the window's time, evaluations
+        excluded. Called by every rank at the same steps (the row count is summed over ranks)."""
+        if not self.window:
+            return
+        rows = torch.tensor([self.window_rows], device=self.ctx.device)
+        if self.ctx.world_size > 1:
+            dist.all_reduce(rows)
+        seconds = max(self.clock() - self.window_start, 1e-9)
+        if self.writer:
             step = self.progress.global_step
-            rows = len(self.window) * self.args.batch_size * self.ctx.world_size
             self.writer.add_scalar("train/loss", sum(self.window) / len(self.window), step)
             self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
-            self.writer.add_scalar("train/samples_per_s", rows / max(now - self.window_start, 1e-9), step)
-        self.window, self.window_start = [], now
+            self.writer.add_scalar("train/samples_per_s", int(rows) / seconds, step)
+            self.writer.flush()
+        self.window, self.window_rows, self.window_start = [], 0, self.clock()
 
     # -- the loop -------------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
         """Train until the epochs, --max_steps or the patience run out; then score best.pt on test."""
-        if self.ctx.master:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, default=str))
         p = self.progress
-        while not p.stop_reason and p.epoch < self.args.epochs:
-            self.train_epoch()
-        p.stop_reason = p.stop_reason or "epochs"
-        if p.last_eval_step != p.global_step:
-            self.validate()
-        self.save("last.pt")
+        try:
+            while not p.stop_reason and p.epoch < self.args.epochs:
+                self.train_epoch()
+            p.stop_reason = p.stop_reason or "epochs"
+            if p.last_eval_step != p.global_step:
+                self.validate()
+            self.save("last.pt")
+        except NonFiniteLossError as e:
+            if self.ctx.master:  # what the run dir holds now, so the user knows what is left
+                raise NonFiniteLossError(f"{e}; {what_was_saved(self.run_dir)}") from None
+            raise
         return self.test()
 
     def train_epoch(self) -> None:
@@ -726,7 +1009,8 @@ class Trainer:
         loader.set_epoch(p.epoch, skip_batches=p.step_in_epoch)
         with torch.random.fork_rng(devices=[]):  # an iterator may draw seeds: keep the stream resumable
             batches = iter(loader)
-        with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch}",
+        self.window_start = self.clock()
+        with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch + 1}/{self.args.epochs}",
                   disable=not self.ctx.master, leave=False, dynamic_ncols=True) as bar:
             for batch in bar:
                 loss = train_step(self.ddp, to_device(batch, self.ctx.device), self.optimizer, self.loss_fn,
@@ -734,17 +1018,21 @@ class Trainer:
                 p.step_in_epoch += 1
                 p.global_step += 1
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                self.after_step(loss)
+                self.after_step(loss, len(batch["label"]))
                 if p.stop_reason:
-                    return
+                    break
+        self.log_train()  # the epoch's last, partial window: a short run still gets a train curve
+        if p.stop_reason:
+            return
         p.epoch, p.step_in_epoch = p.epoch + 1, 0
         if p.last_eval_step != p.global_step:
             self.validate()
         self.save("last.pt")
 
-    def after_step(self, loss: float) -> None:
+    def after_step(self, loss: float, rows: int) -> None:
         p, args = self.progress, self.args
         self.window.append(loss)
+        self.window_rows += rows
         if p.global_step % args.log_every == 0:
             self.log_train()
         if args.eval_every and p.global_step % args.eval_every == 0:
@@ -757,12 +1045,18 @@ class Trainer:
     def validate(self) -> None:
         """Evaluate on valid; update best.pt, the LR scheduler and the patience counter."""
         p = self.progress
-        metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp)
+        started = self.clock()
+        try:
+            metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e} at step {p.global_step}. Lower --lr, raise --embed_l2 or check the "
+                                     f"data") from None
         p.last_eval_step = p.global_step
+        self.window_start += self.clock() - started  # an evaluation inside a train window is not training time
         self.log("valid", metrics)
         self.scheduler.step(metrics["auc"])
         if metrics["auc"] > p.best_auc or p.best_step < 0:
-            p.best_auc, p.best_epoch, p.best_step, p.best_valid = metrics["auc"], p.epoch, p.global_step, metrics
+            p.best_auc, p.best_epoch, p.best_step, p.best_valid = metrics["auc"], p.epoch_number, p.global_step, metrics
             p.bad_evals = 0
             self.save("best.pt")
         else:
@@ -790,7 +1084,7 @@ class Trainer:
             self.writer.add_hparams({k: hparam_value(v) for k, v in hparams.items()}, final, run_name=".",
                                     global_step=p.global_step)
             self.writer.close()
-            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            write_atomic(self.run_dir / "metrics.json", [json.dumps(result, indent=2).encode()])
         return result
 
 
@@ -803,8 +1097,15 @@ def run(rank: int, device: torch.device, config: dict[str, Any]) -> dict[str, An
     world = config["world_size"]
     ctx = init_process(rank, world, device)
     try:
+        if torchrun_env() and world > 1:  # under torchrun, rank 0 created the run dir: take its name
+            shared = [config["run_dir"]]
+            dist.broadcast_object_list(shared, src=0)
+            config = {**config, "run_dir": shared[0]}
         trainer = Trainer(config, ctx)
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except StoreCorruptError as e:  # read in a loader worker: its message carries the worker's traceback
+            raise RunFailed(f"{str(e).strip().splitlines()[-1].split('StoreCorruptError: ')[-1]}") from None
         del trainer  # DDP's reducer holds the group: release it, and leave together, before the group goes away
         if world > 1:
             dist.barrier()
@@ -814,14 +1115,75 @@ def run(rank: int, device: torch.device, config: dict[str, Any]) -> dict[str, An
             dist.destroy_process_group()
 
 
-def spawned(index: int, devices: list[torch.device], config: dict[str, Any]) -> None:
-    """Entry of a process started by :func:`torch.multiprocessing.spawn`: known errors print one line."""
+LOST_PEER_EXIT = 3  # a rank whose collective failed because another rank is gone
+STOP_GRACE_S = 10.0  # after a rank fails, how long the others get to notice and stop before SIGTERM
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (NCCL: DistError; gloo: a RuntimeError
+    saying the connection closed)."""
+    text = str(e)
+    return isinstance(e, dist.DistError) or any(s in text for s in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused"))
+
+
+def spawned(index: int, devices: list[torch.device], config: dict[str, Any], errors: Any) -> None:
+    """Entry of a process started by :func:`spawn_ranks`. A known error goes to the launcher, which prints
+    one line for the whole run; a rank that only saw another rank go exits quietly with LOST_PEER_EXIT."""
+    if sys.platform.startswith("linux"):  # loader workers fork, as in a torchrun rank or a single process;
+        multiprocessing.set_start_method("fork", force=True)  # spawn's default here re-imports torch per worker
     try:
         run(index, devices[index], config)
-    except (UsageError, NonFiniteLossError) as e:
-        if index == 0:
-            print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, UsageError) else 1)
+    except (UsageError, RunFailed) as e:
+        code = 2 if isinstance(e, UsageError) else 1
+        errors.put((index, code, str(e)))
+        sys.exit(code)
+    except Exception as e:
+        if lost_peer(e):
+            sys.exit(LOST_PEER_EXIT)
+        raise
+
+
+def spawn_ranks(config: dict[str, Any], devices: list[torch.device]) -> None:
+    """DDP on this machine: one spawned process per device, rendezvous on a free local port. When a rank
+    fails the others get STOP_GRACE_S to stop on their own, then SIGTERM (their loader workers die with
+    them); the failure is raised as one line naming the rank that failed first, and how to go on."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(free_port())
+    errors = mp.get_context("spawn").SimpleQueue()
+    ranks = mp.start_processes(spawned, args=(devices, config, errors), nprocs=len(devices), join=False,
+                               start_method="spawn")
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # our line says what happened
+    try:
+        while not ranks.join(grace_period=STOP_GRACE_S):
+            pass
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as failure:
+        reports = {}
+        while not errors.empty():  # every rank has exited: what they put is all there
+            rank, code, message = errors.get()
+            reports[rank] = (code, message)
+        if reports:  # known errors: the lowest rank's message (rank 0 adds what the run dir holds)
+            code, message = reports[min(reports)]
+            raise (UsageError if code == 2 else RunFailed)(message) from None
+        codes = [p.exitcode for p in ranks.processes]
+        first = failure.error_index
+        if codes[first] == LOST_PEER_EXIT:  # joined first, but only saw another rank go: blame that one
+            first = next((r for r, c in enumerate(codes) if c not in (0, LOST_PEER_EXIT, -signal.SIGTERM)), first)
+        if isinstance(failure, mp.ProcessRaisedException) and first == failure.error_index:
+            raise  # an unexpected exception in a rank: a bug, keep its traceback
+        if codes[0] is not None and codes[0] < 0:
+            print(file=sys.stderr)  # rank 0 died by a signal: end the line its progress bar left open
+        code, pid = codes[first], ranks.processes[first].pid
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+            if code == -signal.SIGKILL:
+                how += " (sent by a user, or by the kernel when memory ran out: see dmesg)"
+        elif code == LOST_PEER_EXIT:
+            how = "lost its connection to the other ranks"
+        else:
+            how = f"exited with code {code}"
+        advice = resume_advice(Path(config["run_dir"]))
+        raise RunFailed(f"rank {first} (pid {pid}) {how}; the run stopped. {advice[0].upper()}{advice[1:]}") from None
 
 
 def launch(config: dict[str, Any], devices: list[torch.device]) -> None:
@@ -830,10 +1192,27 @@ def launch(config: dict[str, Any], devices: list[torch.device]) -> None:
         run(int(os.environ["RANK"]), devices[int(os.environ["LOCAL_RANK"])], config)
     elif len(devices) == 1:
         run(0, devices[0], config)
-    else:  # DDP on this machine: one spawned process per device, rendezvous on a free local port
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(free_port())
-        mp.spawn(spawned, args=(devices, config), nprocs=len(devices), join=True)
+    else:
+        spawn_ranks(config, devices)
+
+
+def tensorboard_command(run_dir: str | Path) -> str:
+    """A TensorBoard command for ``run_dir`` that works without an activated virtualenv: the tensorboard
+    installed next to this Python (``.venv/bin/tensorboard`` after the README's setup)."""
+    exe = Path(sys.executable).parent / "tensorboard"
+    if not exe.is_file():
+        return f"tensorboard --logdir {run_dir}"
+    relative = os.path.relpath(exe)
+    return f"{exe if relative.startswith('..') else relative} --logdir {run_dir}"
+
+
+def summary(run_dir: Path) -> str:
+    """The last line of a finished run: why it stopped, its valid and test metrics, where it is."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    steps = f"{m['global_step']} step{'' if m['global_step'] == 1 else 's'}"
+    return (f"done ({m['stop_reason']}, {steps}): best valid AUC {m['valid']['auc']:.5f} at step "
+            f"{m['best_step']}, test AUC {m['test']['auc']:.5f} logloss {m['test']['logloss']:.5f}; run dir {run_dir} "
+            f"(TensorBoard: {tensorboard_command(run_dir)})")
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
@@ -859,15 +1238,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         devices = plan_devices(args)
         world = int(os.environ["WORLD_SIZE"]) if torchrun_env() else len(devices)
-        launch(resolve_config(args, hparams, world), devices)
+        config = resolve_config(args, hparams, world)
+        launcher = not torchrun_env() or os.environ["RANK"] == "0"
+        if launcher:
+            prepare_run_dir(config)
+            print(f"train.py: run dir {config['run_dir']} (TensorBoard: {tensorboard_command(config['run_dir'])})",
+                  flush=True)
+        launch(config, devices)
+        if launcher:
+            print(f"train.py: {summary(Path(config['run_dir']))}", flush=True)
     except UsageError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except RunFailed as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
-    except mp.ProcessExitedException as e:  # a spawned rank failed; rank 0 printed why
-        return e.exit_code or 1
     return 0
 
 

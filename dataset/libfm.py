@@ -69,7 +69,7 @@ from tqdm import tqdm
 from dataset.raw import InputError, is_gzip, open_raw
 from dataset.schema import Schema
 from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
-from dataset.store import StoreExistsError, StoreWriter, check_out, scratch_dir
+from dataset.store import StoreWriter, check_out, scratch_dir
 from dataset.vocab import Vocabulary
 
 LABEL = "label"

@@ -292,9 +292,9 @@ def train_argv(dataset: str, name: str, store: Path, seed: int, run_dir: Path) -
 
 
 def train_once(argv: list[str], run_dir: Path) -> dict[str, Any]:
-    """train.main(argv) in this process (its output goes to ``run_dir/train.log``) -> its metrics.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir / "train.log"
+    """train.main(argv) in this process (its output goes to ``<run_dir>.log``) -> its metrics.json."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = run_dir.with_name(f"{run_dir.name}.log")  # next to the run dir: train.py starts runs in new dirs only
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         code = train.main(argv)
     if code:
