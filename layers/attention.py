@@ -1,8 +1,39 @@
-"""Self-attention over fields: the interacting layer of AutoInt."""
+"""Attention shared by the models: multi-head scaled dot-product attention with a key mask, and AutoInt's
+interacting layer built on it."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """Softmax of ``scores`` over ``dim`` restricted to the positions where ``mask`` (bool, broadcastable) is
+    True: masked positions get exactly 0, and a slice with no True position is all 0 (never NaN, also in
+    the backward pass). ``mask=None``: a plain softmax."""
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=dim) * mask
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+                         key_mask: torch.Tensor | None = None, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Scaled dot-product attention in ``num_heads`` heads: queries [B, Lq, H*d], keys and values [B, Lk, H*d]
+    (already projected), ``key_mask`` bool [B, Lk] (True: a key that may be attended; None: all):
+
+        alpha^h = softmax_k(scale * <q^h_i, k^h_j>)   over the unmasked keys j      [B, H, Lq, Lk]
+        out_i   = alpha^1 v^1 ⊕ ... ⊕ alpha^H v^H                                    [B, Lq, H*d]
+
+    Returns ``(out, alpha)``. A query whose keys are all masked gets weights 0 and output 0.
+    """
+    batch, lq, width = q.shape
+    d = width // num_heads
+    q = q.view(batch, lq, num_heads, d).transpose(1, 2)  # [B, H, Lq, d]
+    k = k.view(batch, -1, num_heads, d).transpose(1, 2)  # [B, H, Lk, d]
+    v = v.view(batch, -1, num_heads, d).transpose(1, 2)  # [B, H, Lk, d]
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, Lk]
+    alpha = masked_softmax(q @ k.transpose(-1, -2) * scale, mask)  # [B, H, Lq, Lk]
+    return (alpha @ v).transpose(1, 2).flatten(start_dim=2), alpha  # [B, Lq, H*d]
 
 
 class InteractingLayer(nn.Module):
@@ -27,7 +58,8 @@ class InteractingLayer(nn.Module):
         layer_norm: LayerNorm over the H*d' output before the ReLU.
 
     Shape: ``[B, F, input_dim]`` -> ``[B, F, H*d']``; :meth:`attend` also returns ``alpha`` [B, H, F, F]
-    (query field m on dim 2, key field k on dim 3; rows sum to 1).
+    (query field m on dim 2, key field k on dim 3; rows sum to 1). ``key_mask`` bool [B, F] (optional) keeps
+    the masked fields out of every softmax.
 
     Example:
         >>> layer = InteractingLayer(input_dim=16, attention_dim=8, num_heads=2)
@@ -49,19 +81,13 @@ class InteractingLayer(nn.Module):
         self.W_res = nn.Linear(input_dim, self.output_dim, bias=False) if use_residual else None
         self.norm = nn.LayerNorm(self.output_dim) if layer_norm else nn.Identity()
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, F, H*d'] -> [B, H, F, d']."""
-        batch, fields, _ = x.shape
-        return x.view(batch, fields, self.num_heads, self.attention_dim).transpose(1, 2)
-
-    def attend(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, emb: torch.Tensor, key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> output [B, F, H*d'] and attention weights alpha [B, H, F, F]."""
-        q, k, v = self._heads(self.W_q(emb)), self._heads(self.W_k(emb)), self._heads(self.W_v(emb))
-        alpha = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)  # [B, H, F, F]
-        out = (alpha @ v).transpose(1, 2).flatten(start_dim=2)  # [B, F, H*d']
+        out, alpha = multi_head_attention(self.W_q(emb), self.W_k(emb), self.W_v(emb), self.num_heads, key_mask,
+                                          self.scale)  # [B, F, H*d'], [B, H, F, F]
         if self.W_res is not None:
             out = out + self.W_res(emb)
         return torch.relu(self.norm(out)), alpha
 
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.attend(emb)[0]
+    def forward(self, emb: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(emb, key_mask)[0]

@@ -111,6 +111,7 @@ class FeatureEmbedding(nn.Module):
         for name, values in buffers.items():
             self.register_buffer(name, torch.tensor(values, dtype=torch.long), persistent=False)
         self.weighted = col > 0
+        self._subsets: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # see seq_subset
 
     @property
     def seq_pooling(self) -> str:
@@ -135,6 +136,37 @@ class FeatureEmbedding(nn.Module):
             emb = torch.cat([emb, dense], dim=1)
         return emb
 
+    def fields(self, batch: dict[str, torch.Tensor], pooled: Sequence[str] = ()) -> torch.Tensor:
+        """Like :meth:`forward`, but only the sequence fields named in ``pooled`` are pooled into fields: ->
+        [B, F_sparse + len(pooled) (+ F_dense in ``"embed"`` mode), D], pooled fields in schema order. For
+        models that attend over some sequences (behaviour histories) and feed the others to their DNN."""
+        emb = self.table(batch["sparse"] + self.offsets)  # [B, F_sparse, D]
+        if pooled:
+            cols = self.seq_subset(pooled)[0]  # [L']
+            values = self.table(batch["seq"][:, cols] + self.seq_offsets[cols])  # [B, L', D]
+            emb = torch.cat([emb, self.pool(values, batch, pooled)], dim=1)  # [B, F_sparse + S', D]
+        if self.dense_table is not None:
+            dense = batch["dense"].unsqueeze(-1) * self.dense_table  # [B, F_dense, D]
+            emb = torch.cat([emb, dense], dim=1)
+        return emb
+
+    def seq_subset(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Index tensors of some sequence fields (schema order, whatever the order of ``names``), made once
+        per device: their columns of ``batch["seq"]`` [L'], the field of each column renumbered 0..S'-1 [L'],
+        and their field numbers in the schema [S']."""
+        key = (tuple(sorted(names)), self.seq_position.device)
+        if key not in self._subsets:
+            unknown = set(names) - set(self.seq_slices)
+            if unknown:
+                raise ValueError(f"unknown sequence field(s) {sorted(unknown)}; this schema has "
+                                 f"{list(self.seq_slices)}")
+            kept = [i for i, name in enumerate(self.seq_slices) if name in names]
+            slices = list(self.seq_slices.values())
+            cols = [c for i in kept for c in range(slices[i].start, slices[i].stop)]
+            field = [j for j, i in enumerate(kept) for _ in range(slices[i].stop - slices[i].start)]
+            self._subsets[key] = tuple(torch.tensor(x, dtype=torch.long, device=key[1]) for x in (cols, field, kept))
+        return self._subsets[key]
+
     def sequence(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The raw embeddings of one sequence field and its mask: -> [B, L_s, D], bool [B, L_s] (True: a
         valid element). Padded positions hold the embedding of id 0: use the mask."""
@@ -146,25 +178,33 @@ class FeatureEmbedding(nn.Module):
         """bool [B, L]: position ``l`` of its field is inside that row's length."""
         return self.seq_position < batch["seq_len"][:, self.seq_field]
 
-    def pool(self, values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def pool(self, values: torch.Tensor, batch: dict[str, torch.Tensor],
+             names: Sequence[str] | None = None) -> torch.Tensor:
         """Per-position vectors of every sequence field [B, L, K] -> one per field [B, S, K], pooled over the
-        valid elements by :attr:`seq_pooling`, weighted by ``batch["seq_weight"]`` where a field is weighted."""
+        valid elements by :attr:`seq_pooling`, weighted by ``batch["seq_weight"]`` where a field is weighted.
+        With ``names``, ``values`` holds only the positions of those fields (``batch["seq"][:, cols]``, ``cols``
+        from :meth:`seq_subset`) [B, L', K], pooled -> [B, S', K] in schema order."""
         mask = self.seq_mask(batch)  # [B, L]
+        field, weight_col, lengths = self.seq_field, self.seq_weight_col, batch["seq_len"]
+        if names is not None:
+            cols, field, kept = self.seq_subset(names)
+            mask, weight_col, lengths = mask[:, cols], weight_col[cols], lengths[:, kept]
         weight = mask.to(values.dtype)
         if self.weighted:
-            stored = batch["seq_weight"][:, self.seq_weight_col.clamp(min=0)].to(values.dtype)  # [B, L]
-            weight = weight * torch.where(self.seq_weight_col >= 0, stored, torch.ones_like(stored))
+            stored = batch["seq_weight"][:, weight_col.clamp(min=0)].to(values.dtype)  # [B, L]
+            weight = weight * torch.where(weight_col >= 0, stored, torch.ones_like(stored))
         values = values * weight.unsqueeze(-1)  # padding -> 0
         b, _, k = values.shape
-        index = self.seq_field.view(1, -1, 1).expand_as(values)
+        num_fields = lengths.shape[1]
+        index = field.view(1, -1, 1).expand_as(values)
         if self.seq_pooling == "max":
             values = values.masked_fill(~mask.unsqueeze(-1), float("-inf"))
-            pooled = values.new_full((b, self.num_sequences, k), float("-inf"))
+            pooled = values.new_full((b, num_fields, k), float("-inf"))
             pooled = pooled.scatter_reduce(1, index, values, "amax")
-            return pooled.masked_fill(batch["seq_len"].unsqueeze(-1) == 0, 0.0)  # empty sequences -> 0
-        pooled = values.new_zeros((b, self.num_sequences, k)).scatter_add(1, index, values)  # [B, S, K]
+            return pooled.masked_fill(lengths.unsqueeze(-1) == 0, 0.0)  # empty sequences -> 0
+        pooled = values.new_zeros((b, num_fields, k)).scatter_add(1, index, values)  # [B, S, K]
         if self.seq_pooling == "mean":
-            pooled = pooled / batch["seq_len"].clamp(min=1).unsqueeze(-1).to(values.dtype)
+            pooled = pooled / lengths.clamp(min=1).unsqueeze(-1).to(values.dtype)
         return pooled
 
     def linear(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

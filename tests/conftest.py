@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,12 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 torch.set_num_threads(1)
 
 from dataset.schema import Schema, SequenceField  # noqa: E402
+
+BEHAVIOUR_SCHEMA = Schema(
+    ("user_id", "item_id", "cate_id"), (52, 202, 12), ("price",), ("click",),
+    sequence_fields=(SequenceField("hist_item_id", "item", 202, 10), SequenceField("hist_cate_id", "cate", 12, 10),
+                     SequenceField("hist_session", "session", 12, 10)),
+    sparse_vocabs=("user", "item", "cate"), user_field="user_id")
 
 
 def make_batch(schema: Schema, batch_size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -37,6 +44,52 @@ def make_batch(schema: Schema, batch_size: int = 32, seed: int = 0) -> dict[str,
         if schema.seq_weight_width:
             batch["seq_weight"] = torch.rand(batch_size, schema.seq_weight_width, generator=g) * 2
     return batch
+
+
+def write_behaviour_store(path: Path, n_rows: int = 3000, seed: int = 0) -> Path:
+    """A small behaviour store (:data:`BEHAVIOUR_SCHEMA`, splits 80/10/10) with a planted history signal.
+
+    200 items (ids 2..201) in 10 categories (item i in category i % 10, ids 2..11); each row has an interest
+    category, its history of 0..10 behaviours is in that category with probability 0.7 (else uniform), in
+    sessions of 1..4 behaviours (``hist_session``: ids 2.., counted back from the latest session), and its
+    candidate is in it with probability 0.5. ``click ~ Bernoulli(sigmoid(-2 + 0.9 m))``, ``m`` the number of
+    history behaviours in the candidate's category: without the history a model is at chance."""
+    from dataset.store import StoreWriter
+
+    rng = np.random.default_rng(seed)
+    n, max_len = n_rows, 10
+    interest = rng.integers(0, 10, n)
+    lengths = rng.integers(0, max_len + 1, n)
+    cates = np.where(rng.random((n, max_len)) < 0.7, interest[:, None], rng.integers(0, 10, (n, max_len)))
+    items = cates + 10 * rng.integers(0, 20, (n, max_len))
+    valid = np.arange(max_len) < lengths[:, None]
+    opens = rng.random((n, max_len)) < 0.4  # a behaviour opens a new session
+    sessions = np.cumsum(opens & valid, axis=1)
+    sessions = np.maximum(sessions.max(axis=1, keepdims=True) - sessions, 0)  # counted back from the latest
+    cand_cate = np.where(rng.random(n) < 0.5, interest, rng.integers(0, 10, n))
+    cand_item = cand_cate + 10 * rng.integers(0, 20, n)
+    m = ((cates == cand_cate[:, None]) & valid).sum(axis=1)
+    click = rng.random(n) < 1 / (1 + np.exp(2.0 - 0.9 * m))
+    sparse = np.stack([rng.integers(2, 52, n), cand_item + 2, cand_cate + 2], axis=1).astype(np.int32)
+    seq = np.concatenate([items + 2, cates + 2, sessions + 2], axis=1).astype(np.int32) * np.tile(valid, 3)
+    seq_len = np.repeat(lengths[:, None], 3, axis=1).astype(np.int32)
+    dense = rng.random((n, 1)).astype(np.float32)
+    label = click[:, None].astype(np.float32)
+    a, b = int(0.8 * n), int(0.9 * n)
+    with StoreWriter(path, BEHAVIOUR_SCHEMA, dataset="planted_behaviour", chunk_size=512) as writer:
+        for split, rows in (("train", slice(0, a)), ("valid", slice(a, b)), ("test", slice(b, n))):
+            writer.add(split, sparse[rows], dense[rows], label[rows], seq=seq[rows], seq_len=seq_len[rows])
+    return path
+
+
+def load_rows(path: Path, split: str = "train") -> dict[str, torch.Tensor]:
+    """Every row of a store's split as batch tensors (ids int64)."""
+    from dataset.store import StoreReader
+
+    store = StoreReader(path)
+    rows = store.read_split(split)
+    return {k: torch.from_numpy(rows[k]).long() if rows[k].dtype == np.int32 else torch.from_numpy(rows[k])
+            for k in store.schema.batch_keys()}
 
 
 @pytest.fixture

@@ -166,3 +166,24 @@ def test_field_aware_embedding_with_sequences(seq_schema):
 def test_bad_pooling(seq_schema):
     with pytest.raises(ValueError, match="seq_pooling"):
         FeatureEmbedding(seq_schema, seq_pooling="median")
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("dense_mode", ["vector", "embed"])
+def test_fields_pools_only_the_named_sequences(seq_schema, mode, dense_mode):
+    """fields(batch, pooled) is forward() without the sequence fields left out (behaviour histories that a
+    model attends over instead), whatever order the names come in; it touches no row of the others."""
+    emb = FeatureEmbedding(seq_schema, embed_dim=4, init_std=1.0, seq_pooling=mode, dense_mode=dense_mode)
+    batch = make_batch(seq_schema, 16, seed=5)
+    full = emb(batch)  # [B, 3 sparse + 3 pooled (+ 1 dense), D]
+    keep = [0, 1, 2, 5] + ([6] if dense_mode == "embed" else [])  # sparse, genres (, dense)
+    torch.testing.assert_close(emb.fields(batch, ["genres"]), full[:, keep])
+    torch.testing.assert_close(emb.fields(batch, ["genres", "hist_item"]), full[:, [0, 1, 2, 3, *keep[3:]]])
+    torch.testing.assert_close(emb.fields(batch, ("hist_cate", "genres")), full[:, [0, 1, 2, 4, *keep[3:]]])
+    torch.testing.assert_close(emb.fields(batch), full[:, [0, 1, 2, *keep[4:]]])
+    emb.fields(batch, ["genres"]).sum().backward()
+    history_rows = (batch["seq"][:, :10] + emb.seq_offsets[:10]).unique()
+    history_rows = history_rows[~torch.isin(history_rows, batch["sparse"] + emb.offsets)]
+    assert emb.table.weight.grad[history_rows].abs().sum() == 0
+    with pytest.raises(ValueError, match="unknown sequence field"):
+        emb.fields(batch, ["hist_brand"])
