@@ -283,7 +283,7 @@ def _batch_views(buf: torch.Tensor, rows: int, schema: Schema) -> Batch:
     return batch
 
 
-_TORCH = {np.dtype(np.int64): torch.int64, np.dtype(np.float32): torch.float32}
+_TORCH = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
 
 
 def _fill(batch: Batch, pieces: list[Piece]) -> Batch:

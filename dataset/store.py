@@ -494,6 +494,9 @@ def scratch_dir(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}-buckets")
 
 
+MISSING_PATH = "it does not exist"
+
+
 def store_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not a store written by this repo, or None if it is: a directory holding LMDB's files
     and nothing else, whose ``data.mdb`` has a metadata record (of any format version: an old store may be
@@ -502,7 +505,7 @@ def store_problem(path: str | os.PathLike) -> str | None:
     if path.is_symlink():
         return "it is a symbolic link"
     if not path.is_dir():
-        return "it is a file" if path.exists() else "it does not exist"
+        return "it is a file" if path.exists() else MISSING_PATH
     names = sorted(os.listdir(path))
     others = [n for n in names if n not in LMDB_FILES]
     if others:
@@ -513,8 +516,8 @@ def store_problem(path: str | os.PathLike) -> str | None:
         meta = json.loads(_read_meta(path) or b"null")
     except StoreCorruptError:  # a truncated data.mdb: a store damaged after it was written may be replaced
         return None
-    except (lmdb.Error, ValueError):
-        return "its data.mdb is not a store's"
+    except (lmdb.Error, ValueError, FileNotFoundError):
+        return MISSING_PATH if not path.exists() else "its data.mdb is not a store's"  # moved away while read?
     if not (isinstance(meta, dict) and {"format_version", "schema", "splits"} <= meta.keys()):
         return "its data.mdb has no store metadata record"
     return None
@@ -645,6 +648,8 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
             if not overwrite:
                 raise StoreExistsError(f"store {path} already exists; pass --overwrite to replace it") from None
         problem = store_problem(path)
+        if problem == MISSING_PATH:  # a concurrent --overwrite run is moving it: try the plain rename again
+            continue
         if problem:
             raise OutPathError(f"{path} appeared while this store was written and is not a store ({problem}); "
                                f"the new store was not moved in: pass another --out")

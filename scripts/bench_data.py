@@ -47,6 +47,7 @@ from dataset.criteo import preprocess_criteo  # noqa: E402
 from dataset.synthetic import write_synthetic_criteo  # noqa: E402
 
 WARMUP_BATCHES = 4
+AMAZON = ROOT.parent / "shared" / "data" / "amazon" / "Beauty.txt"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-rows", type=int, default=None,
                    help="time pytorch-fm's cache build on the first N rows only (default: all, as ours)")
     p.add_argument("--baseline-batches", type=int, default=40, help="timed batches of pytorch-fm's loader")
+    p.add_argument("--amazon", type=Path, default=AMAZON,
+                   help="also preprocess this Amazon review file (DIN's protocol, dataset/amazon.py) and time our "
+                        "loader on its store (2 sequence fields of 50); 'none' skips it (default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -103,6 +107,24 @@ def bench_preprocessing(raw: Path, work: Path, args: argparse.Namespace) -> dict
     return {"ours_rows": args.rows, "ours_seconds": ours_s, "ours_runs_seconds": runs,
             "ours_rows_per_s": args.rows / ours_s,
             "pytorchfm_rows": base_rows, "pytorchfm_seconds": base_s, "pytorchfm_rows_per_s": base_rows / base_s}
+
+
+def _quiet_amazon(raw: Path, store: Path) -> tuple[int, float]:
+    """(rows written, seconds) of one ``preprocess_amazon`` call, in this process."""
+    from dataset.amazon import default_attributes, preprocess_amazon
+    with contextlib.redirect_stdout(sys.stderr):
+        meta, seconds = timed(preprocess_amazon, raw, default_attributes(raw), store, overwrite=True)
+    return sum(s["rows"] for s in meta["splits"].values()), seconds
+
+
+def bench_amazon(raw: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Our side only (pytorch-fm has no sequence fields): preprocessing ``--repeat`` times in fresh processes
+    (median), then our loader on the store's train split, as for Criteo."""
+    runs = [in_fresh_process(_quiet_amazon, raw, work / f"amazon{i}") for i in range(args.repeat)]
+    rows, seconds = runs[0][0], statistics.median(s for _, s in runs)
+    loader = bench_our_loader(work / "amazon0", args)
+    return {"rows": rows, "seconds": seconds, "runs_seconds": [s for _, s in runs], "rows_per_s": rows / seconds,
+            "loader": loader}
 
 
 def bench_our_loader(store: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -154,6 +176,12 @@ def table(results: dict) -> str:
         f"{load['ours_samples_per_s']:,.0f} ({load['ours_rows']:,} rows) | "
         f"{load['pytorchfm_samples_per_s']:,.0f} ({load['pytorchfm_rows']:,} rows) | {load['speedup']:.1f}x |",
     ]
+    if "amazon" in results:
+        a = results["amazon"]
+        lines += [f"| Amazon Beauty preprocessing (DIN's protocol), rows/s | {a['rows_per_s']:,.0f} ({a['rows']:,} rows "
+                  f"written, median of {len(a['runs_seconds'])} runs) | no sequence fields | |",
+                  f"| loader on the Amazon store (2 sequence fields of 50), samples/s | "
+                  f"{a['loader']['ours_samples_per_s']:,.0f} ({a['loader']['ours_rows']:,} rows) | | |"]
     return "\n".join(lines)
 
 
@@ -164,8 +192,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     pre["speedup"] = pre["ours_rows_per_s"] / pre["pytorchfm_rows_per_s"]
     load = {**bench_our_loader(work / "store", args), **bench_pytorchfm_loader(work / "store", work, args)}
     load["speedup"] = load["ours_samples_per_s"] / load["pytorchfm_samples_per_s"]
-    return {"rows": args.rows, "batch_size": args.batch_size, "workers": args.workers, "cpus": os.cpu_count(),
-            "load_average_1min": os.getloadavg()[0], "preprocessing": pre, "loader": load}
+    out = {"rows": args.rows, "batch_size": args.batch_size, "workers": args.workers, "cpus": os.cpu_count(),
+           "preprocessing": pre, "loader": load}
+    if str(args.amazon) != "none":
+        if not args.amazon.is_file():
+            raise SystemExit(f"bench_data.py: no Amazon review file at {args.amazon}; pass --amazon PATH or --amazon none")
+        out["amazon"] = bench_amazon(args.amazon, work, args)
+    out["load_average_1min"] = os.getloadavg()[0]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ BEHAVIOUR_SCHEMA = Schema(
 
 def make_batch(schema: Schema, batch_size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random batch: sparse int64 [B, F], dense float32 [B, D], label float32 [B, T] (binary tasks 0/1,
-    regression tasks normal), and for a schema with sequences seq int64 [B, L] (zero-padded after random
+    regression tasks normal), and for a schema with sequences seq int32 [B, L] (zero-padded after random
     lengths in 0..max_len), seq_len int64 [B, S] and seq_weight float32 [B, L_weighted]."""
     g = torch.Generator().manual_seed(seed)
     sparse = torch.stack([torch.randint(0, v, (batch_size,), generator=g) for v in schema.vocab_sizes], dim=1)
@@ -40,7 +40,7 @@ def make_batch(schema: Schema, batch_size: int = 32, seed: int = 0) -> dict[str,
                             for s in schema.sequence_fields], dim=1)
         ids = [torch.randint(0, s.vocab_size, (batch_size, s.max_len), generator=g) for s in schema.sequence_fields]
         ids = [x * (torch.arange(x.shape[1]) < lens[:, i:i + 1]) for i, x in enumerate(ids)]
-        batch.update(seq=torch.cat(ids, dim=1), seq_len=lens)
+        batch.update(seq=torch.cat(ids, dim=1).int(), seq_len=lens)
         if schema.seq_weight_width:
             batch["seq_weight"] = torch.rand(batch_size, schema.seq_weight_width, generator=g) * 2
     return batch
@@ -83,13 +83,13 @@ def write_behaviour_store(path: Path, n_rows: int = 3000, seed: int = 0) -> Path
 
 
 def load_rows(path: Path, split: str = "train") -> dict[str, torch.Tensor]:
-    """Every row of a store's split as batch tensors (ids int64)."""
+    """Every row of a store's split as batch tensors, of the loader's dtypes."""
     from dataset.store import StoreReader
 
     store = StoreReader(path)
     rows = store.read_split(split)
-    return {k: torch.from_numpy(rows[k]).long() if rows[k].dtype == np.int32 else torch.from_numpy(rows[k])
-            for k in store.schema.batch_keys()}
+    return {b.name: torch.from_numpy(rows[b.name].astype(b.batch_dtype)) for b in store.schema.blocks()
+            if b.name in store.schema.batch_keys()}
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def test_sequence_batches_shard_exactly_once_and_resume(store: Path):
     for rank in range(2):
         for batch in make_loader(store, "valid", 50, train=False, rank=rank, world_size=2, num_workers=2):
             assert set(batch) == {"sparse", "dense", "label", "seq", "seq_len", "seq_weight"}
-            assert batch["seq"].dtype == torch.int64 and batch["seq"].shape[1] == 2 * L + 3
+            assert batch["seq"].dtype == torch.int32 and batch["seq"].shape[1] == 2 * L + 3  # ids int32: half the bytes
             assert batch["seq_weight"].shape[1] == 3
             got += [key(s, q) for s, q in zip(batch["sparse"].tolist(), batch["seq"].tolist())]
     assert sorted(got) == want  # every valid row exactly once across the two ranks, sequences intact
