@@ -56,24 +56,23 @@ import math
 import os
 import shutil
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dataset.raw import InputError, is_gzip, open_raw
+from dataset.buckets import ShuffleBuckets, bucket_count
+from dataset.raw import InputError, in_order, is_gzip, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
+from dataset.split import SPLITS, SplitAssigner, check_common, check_split_rows
 from dataset.store import StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
 from dataset.synthetic import write_synthetic_criteo
 from dataset.vocab import Vocabulary, count_values, hash_codes, ids_from_positions
 
-T = TypeVar("T")
 LABEL = "click"
 INT_FIELDS = tuple(f"I{i}" for i in range(1, 14))
 CAT_FIELDS = tuple(f"C{i}" for i in range(1, 27))
@@ -473,7 +472,7 @@ class _Scan:
     bad_counts: dict[str, int]
     bad_lines: dict[str, list[int]]
     counter: _Counter
-    buckets: _Buckets
+    buckets: ShuffleBuckets
 
 
 def _estimated_rows(path: Path) -> int:
@@ -483,7 +482,7 @@ def _estimated_rows(path: Path) -> int:
 
 def _n_buckets(path: Path) -> int:
     """Buckets for about BUCKET_BYTES of records each, from the input size."""
-    return int(min(MAX_BUCKETS, max(1, math.ceil(_estimated_rows(path) * RECORD.itemsize / BUCKET_BYTES))))
+    return bucket_count(_estimated_rows(path), RECORD.itemsize, BUCKET_BYTES, MAX_BUCKETS)
 
 
 def _records(rows: Rows, dense: str) -> np.ndarray:
@@ -498,56 +497,6 @@ def _records(rows: Rows, dense: str) -> np.ndarray:
     rec["missing"] = np.packbits(np.concatenate([rows.int_missing, rows.cat_missing], axis=1), axis=1,
                                  bitorder="little")
     return rec
-
-
-class _Buckets:
-    """K shuffle buckets of records. Records stay in memory up to SPILL_BYTES in all; beyond that everything
-    held is appended to one file per bucket in ``directory``, so memory is bounded whatever the input size."""
-
-    def __init__(self, directory: Path, n: int) -> None:
-        self.directory = directory
-        self.held: list[list[np.ndarray]] = [[] for _ in range(n)]
-        self.held_bytes = 0
-        self.rows = [0] * n  # records added to each bucket
-
-    def __len__(self) -> int:
-        return len(self.held)
-
-    def add(self, rec: np.ndarray, bucket: np.ndarray) -> None:
-        """Append each record to bucket ``bucket[i]`` (records keep their order inside a bucket)."""
-        order = np.argsort(bucket, kind="stable")
-        bounds = np.searchsorted(bucket[order], np.arange(len(self) + 1))
-        rec = np.take(rec, order)
-        for k in range(len(self)):
-            if bounds[k + 1] > bounds[k]:
-                self.held[k].append(rec[bounds[k]:bounds[k + 1]])
-                self.rows[k] += int(bounds[k + 1] - bounds[k])
-        self.held_bytes += rec.nbytes
-        if self.held_bytes > SPILL_BYTES:
-            self._spill()
-
-    def _spill(self) -> None:
-        self.directory.mkdir(exist_ok=True)
-        for k, parts in enumerate(self.held):
-            if parts:
-                with open(self._file(k), "ab", buffering=1 << 20) as f:
-                    for part in parts:
-                        f.write(part.data)
-        self.held = [[] for _ in self.held]
-        self.held_bytes = 0
-
-    def take(self, k: int) -> np.ndarray:
-        """All records of bucket ``k`` in the order they were added (RECORD [m]); they are dropped here."""
-        file = self._file(k)
-        parts = self.held[k]
-        if file.exists():
-            parts = [np.fromfile(file, dtype=RECORD)] + parts
-            file.unlink()
-        self.held[k] = []
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=RECORD)
-
-    def _file(self, k: int) -> Path:
-        return self.directory / f"{k:04d}.bin"
 
 
 def _bad_row_error(path: Path, kind: str, line: int) -> InputError:
@@ -565,22 +514,6 @@ def _parse_records(block: TextBlock, dense: str) -> tuple[np.ndarray, dict[str, 
     """One block -> (RECORD [n] with split 0, bad line indices per kind, lines, raw bytes read so far)."""
     rows, bad, n_lines = parse_block(block)
     return _records(rows, dense), bad, n_lines, block.raw_pos
-
-
-def _in_order(pool: ThreadPoolExecutor, fn: Callable[..., T], items: Iterable[Any], *args: Any,
-              ahead: int = AHEAD) -> Iterator[T]:
-    """``fn(item, *args)`` for each item, in order, computed by ``pool`` up to ``ahead`` items ahead."""
-    pending: deque[Future[T]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item, *args))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
 
 
 def _sparse_columns(dense: str) -> list[int]:
@@ -603,11 +536,12 @@ def _pass1(path: Path, bucket_dir: Path, dense: str, ratios: tuple[float, float,
     split_rows, lines = [0, 0, 0], 0
     bad_counts: dict[str, int] = {}
     bad_lines: dict[str, list[int]] = {}
-    buckets = _Buckets(bucket_dir, _n_buckets(path))
+    buckets = ShuffleBuckets(bucket_dir, _n_buckets(path), RECORD, SPILL_BYTES)
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="criteo pass 1/2: parse",
                disable=not progress)
     try:
-        for rec, bad, n_lines, raw_pos in _in_order(pool, _parse_records, read_blocks(path, BLOCK_BYTES), dense):
+        blocks = read_blocks(path, BLOCK_BYTES)
+        for rec, bad, n_lines, raw_pos in in_order(pool, _parse_records, blocks, dense, ahead=AHEAD):
             for kind, index in bad.items():
                 if strict:
                     raise _bad_row_error(path, kind, lines + 1 + int(index[0]))
@@ -640,11 +574,9 @@ def _encode(rec: np.ndarray, encoders: list[FieldEncoder | HashedField],
     return sparse, dense_values, rec["label"].astype(np.float32)[:, None]
 
 
-def _shuffled(item: tuple[_Buckets, int, np.ndarray]) -> np.ndarray:
-    """Bucket ``k``'s records (RECORD [m]) permuted by ``perm``, then grouped by split (stable)."""
-    buckets, k, perm = item
-    rec = buckets.take(k)
-    return np.take(rec, perm[np.argsort(rec["split"][perm], kind="stable")])
+def _shuffled(item: tuple[int, np.ndarray], buckets: ShuffleBuckets) -> list[np.ndarray]:
+    """Bucket ``k``'s records (RECORD [m]) permuted by ``perm``: one array per split."""
+    return buckets.take_by_split(*item)
 
 
 def _pass2(scan: _Scan, encoders: list[FieldEncoder | HashedField], writer: StoreWriter, dense: str,
@@ -652,26 +584,23 @@ def _pass2(scan: _Scan, encoders: list[FieldEncoder | HashedField], writer: Stor
     """Load each bucket, permute it, map codes to ids and append its rows to their splits.
 
     ``pool`` loads the next bucket while it encodes this one, so the threads do not wait between buckets."""
-    perm_rng = np.random.default_rng([seed, 2])
-    loads = ((scan.buckets, k, perm_rng.permutation(n)) for k, n in enumerate(scan.buckets.rows))
     step = writer.chunk_size * max(1, ENCODE_ROWS // writer.chunk_size)
     bar = tqdm(total=sum(scan.split_rows), unit="rows", desc="criteo pass 2/2: shuffle + encode + write",
                disable=not progress)
 
     def batches() -> Iterator[tuple[str, np.ndarray]]:
         """Cache-sized batches of records that never straddle two splits, bucket after bucket."""
-        for rec in _in_order(pool, _shuffled, loads, ahead=1):
-            bounds = np.searchsorted(rec["split"], np.arange(len(SPLITS) + 1))
-            for s, name in enumerate(SPLITS):
-                for lo in range(bounds[s], bounds[s + 1], step):
-                    yield name, rec[lo:min(lo + step, bounds[s + 1])]
-            bar.update(len(rec))
+        for parts in in_order(pool, _shuffled, scan.buckets.permutations(seed), scan.buckets, ahead=1):
+            for name, rec in zip(SPLITS, parts):
+                for lo in range(0, len(rec), step):
+                    yield name, rec[lo:lo + step]
+            bar.update(sum(map(len, parts)))
 
     def encode(batch: tuple[str, np.ndarray]) -> tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         return batch[0], _encode(batch[1], encoders, dense)
 
     with bar:
-        for name, parts in _in_order(pool, encode, batches()):
+        for name, parts in in_order(pool, encode, batches(), ahead=AHEAD):
             writer.add(name, *parts)
 
 
@@ -696,14 +625,7 @@ def _check_options(path: Path, min_count: int, dense: str, split: tuple[float, f
         raise InputError(f"input {path} is empty; pass a raw Criteo file with --input")
     if dense not in DENSE_MODES:
         raise InputError(f"--dense must be one of {DENSE_MODES}, got {dense!r}")
-    if min_count < 1:
-        raise InputError(f"--min-count must be >= 1, got {min_count}")
-    if chunk_size < 1:
-        raise InputError(f"--chunk-size must be >= 1, got {chunk_size}")
-    try:
-        return parse_split(",".join(str(r) for r in split))
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    return check_common(split, min_count, chunk_size)
 
 
 def _check_hashed(hashed: dict[str, int], dense: str) -> dict[str, int]:
@@ -870,10 +792,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the subcommand (preprocess.py has checked --out and prints the errors)."""
-    try:
-        ratios = parse_split(args.split)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    ratios = check_common(args.split, args.min_count, args.chunk_size)
     if args.synthetic is not None and args.input is not None:
         raise InputError("pass either --input or --synthetic N, not both")
     if args.synthetic is not None and args.synthetic < 1:

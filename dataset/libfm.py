@@ -66,9 +66,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from dataset.buckets import ShuffleBuckets
 from dataset.raw import InputError, is_gzip, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
+from dataset.split import SPLITS, SplitAssigner, check_common, check_split_rows
 from dataset.store import StoreWriter, check_out, scratch_dir
 from dataset.vocab import Vocabulary
 
@@ -461,52 +462,6 @@ def _record_dtype(n_fields: int) -> np.dtype:
     return np.dtype([("index", "<i4", (n_fields,)), ("label", "u1"), ("split", "u1"), ("pad", "u1", (2,))])
 
 
-class Buckets:
-    """K shuffle buckets of records. Records stay in memory up to ``SPILL_BYTES`` in all; beyond that all
-    held records are appended to one file per bucket in ``directory``, so memory stays bounded."""
-
-    def __init__(self, directory: Path, n: int, dtype: np.dtype) -> None:
-        self.directory, self.dtype = directory, dtype
-        self.held: list[list[np.ndarray]] = [[] for _ in range(n)]
-        self.held_bytes = 0
-
-    def __len__(self) -> int:
-        return len(self.held)
-
-    def add(self, rec: np.ndarray, bucket: np.ndarray) -> None:
-        """Append record ``i`` to bucket ``bucket[i]``; records keep their order inside a bucket."""
-        order = np.argsort(bucket, kind="stable")
-        bounds = np.searchsorted(bucket[order], np.arange(len(self) + 1))
-        rec = rec[order]
-        for k in np.flatnonzero(np.diff(bounds)).tolist():
-            self.held[k].append(rec[bounds[k]:bounds[k + 1]])
-        self.held_bytes += rec.nbytes
-        if self.held_bytes > SPILL_BYTES:
-            self._spill()
-
-    def _spill(self) -> None:
-        self.directory.mkdir(exist_ok=True)
-        for k, parts in enumerate(self.held):
-            if parts:
-                with open(self._file(k), "ab") as f:
-                    for part in parts:
-                        f.write(part.tobytes())
-        self.held = [[] for _ in self.held]
-        self.held_bytes = 0
-
-    def take(self, k: int) -> np.ndarray:
-        """Every record of bucket ``k``, in the order added (spilled ones first: they were added first)."""
-        parts = self.held[k]
-        if self._file(k).exists():
-            parts = [np.fromfile(self._file(k), dtype=self.dtype)] + parts
-            self._file(k).unlink()
-        self.held[k] = []
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
-
-    def _file(self, k: int) -> Path:
-        return self.directory / f"{k:04d}.bin"
-
-
 @dataclass
 class Scan:
     """What pass 2 learned: lines read, kept rows and positives per split, bad rows (counts and first
@@ -527,7 +482,7 @@ def _line_text(block: Block, i: int) -> str:
     return block.text[start:block.text.index(b"\n", start)][:120].decode("latin-1").rstrip("\r")
 
 
-def scan_rows(paths: Sequence[Path], layout: FieldLayout, splits: SplitAssigner | None, buckets: Buckets,
+def scan_rows(paths: Sequence[Path], layout: FieldLayout, splits: SplitAssigner | None, buckets: ShuffleBuckets,
               seed: int, strict: bool, block_bytes: int = BLOCK_BYTES) -> Scan:
     """Pass 2: check every row against ``layout``, assign splits (``splits``; None: by file), count the
     train indices per field and scatter the kept rows into ``buckets`` (one seeded draw per kept row)."""
@@ -627,16 +582,10 @@ def fit_encoders(train: Tally, layout: FieldLayout, min_count: int) -> list[Fiel
             for start, end, lo, hi in zip(bounds[:-1], bounds[1:], layout.lo, layout.hi)]
 
 
-def write_rows(buckets: Buckets, encoders: list[FieldEncoder], writer: StoreWriter, seed: int) -> None:
+def write_rows(buckets: ShuffleBuckets, encoders: list[FieldEncoder], writer: StoreWriter, seed: int) -> None:
     """Pass 3: each bucket in turn, permuted (seeded) and grouped by split, encoded and appended."""
-    perm_rng = np.random.default_rng([seed, 2])
-    for k in range(len(buckets)):
-        rec = buckets.take(k)
-        perm = perm_rng.permutation(len(rec))
-        rec = rec[perm[np.argsort(rec["split"][perm], kind="stable")]]  # permuted, then grouped by split
-        bounds = np.searchsorted(rec["split"], np.arange(len(SPLITS) + 1))
-        for s, name in enumerate(SPLITS):
-            part = rec[bounds[s]:bounds[s + 1]]
+    for k, perm in buckets.permutations(seed):
+        for name, part in zip(SPLITS, buckets.take_by_split(k, perm)):
             if not len(part):
                 continue
             index = np.ascontiguousarray(part["index"].T)  # [F, m]: one contiguous row per field
@@ -709,7 +658,7 @@ def preprocess_libfm(inputs: Sequence[str | os.PathLike], out_path: str | os.Pat
     if user_field is not None and user_field not in layout.names:
         raise InputError(f"user field {user_field!r} is not one of the fields {list(layout.names)}")
     bucket_dir = scratch_dir(out)
-    buckets = Buckets(bucket_dir, _n_buckets(paths), _record_dtype(len(layout)))
+    buckets = ShuffleBuckets(bucket_dir, _n_buckets(paths), _record_dtype(len(layout)), SPILL_BYTES)
     try:
         assigner = None if split_by_file else SplitAssigner(ratios, seed)
         scan = scan_rows(paths, layout, assigner, buckets, seed, strict, block_bytes)
@@ -748,14 +697,7 @@ def _check_options(paths: Sequence[Path], min_count: int, split: tuple[float, fl
         raise InputError(f"{_describe(paths)} is empty; pass libFM files with --input")
     if split_by_file and len(paths) != 3:
         raise InputError(f"--split-by-file needs three inputs (train, valid, test), got {len(paths)}")
-    if min_count < 1:
-        raise InputError(f"--min-count must be >= 1, got {min_count}")
-    if chunk_size < 1:
-        raise InputError(f"--chunk-size must be >= 1, got {chunk_size}")
-    try:
-        return parse_split(",".join(str(r) for r in split))
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    return check_common(split, min_count, chunk_size)
 
 
 def add_arguments(parser: argparse.ArgumentParser, input_default: str | None = None) -> None:
@@ -773,10 +715,7 @@ def add_arguments(parser: argparse.ArgumentParser, input_default: str | None = N
 
 def main(args: argparse.Namespace, dataset: str = "libfm", user_field: str | None = None) -> int:
     """Preprocess with the parsed flags of preprocess.py (which prints the errors)."""
-    try:
-        ratios = parse_split(args.split)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    ratios = check_common(args.split, args.min_count, args.chunk_size)
     preprocess_libfm(args.input, args.out, dataset=dataset, fields=args.fields, min_count=args.min_count,
                      split=ratios, split_by_file=args.split_by_file, seed=args.seed, chunk_size=args.chunk_size,
                      overwrite=args.overwrite, strict=args.strict, user_field=user_field)

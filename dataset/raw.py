@@ -1,12 +1,17 @@
-"""What every raw-data reader shares: the input error, and opening a file that may be gzip-compressed."""
+"""What every raw-data reader shares: the input error, opening a file that may be gzip-compressed, and running
+work on a thread pool with results in input order."""
 from __future__ import annotations
 
 import gzip
 import io
 import os
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -67,3 +72,24 @@ def open_raw(path: str | os.PathLike) -> tuple[BinaryIO, BinaryIO]:
     if stream.peek(len(UTF8_BOM))[:len(UTF8_BOM)] == UTF8_BOM:
         stream.read(len(UTF8_BOM))
     return stream, disk  # type: ignore[return-value]
+
+
+def in_order(pool: ThreadPoolExecutor | None, fn: Callable[..., T], items: Iterable[Any], *args: Any,
+             ahead: int = 16) -> Iterator[T]:
+    """``fn(item, *args)`` for each item, in input order, computed by ``pool`` up to ``ahead`` items ahead
+    (numpy releases the GIL, so tokenizing or encoding blocks runs on several cores) or here if no pool.
+    The output does not depend on timing."""
+    if pool is None:
+        yield from (fn(item, *args) for item in items)
+        return
+    pending: deque[Future[T]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item, *args))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()

@@ -27,6 +27,19 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return tuple(p / total for p in parts)  # type: ignore[return-value]
 
 
+def check_common(split: str | Sequence[float], min_count: int | None, chunk_size: int) -> tuple[float, float, float]:
+    """The flags every dataset takes (``--split`` as text or ratios, ``--min-count`` (None: the dataset's
+    own rule), ``--chunk-size``), checked -> normalized split ratios; :class:`InputError` names the flag."""
+    if min_count is not None and min_count < 1:
+        raise InputError(f"--min-count must be >= 1, got {min_count}")
+    if chunk_size < 1:
+        raise InputError(f"--chunk-size must be >= 1, got {chunk_size}")
+    try:
+        return parse_split(split if isinstance(split, str) else ",".join(str(r) for r in split))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
 def check_split_rows(rows: Sequence[int], source: str) -> None:
     """Raise :class:`InputError` if a split got no rows (``rows``: per split, in ``SPLITS`` order)."""
     empty = [name for name, n in zip(SPLITS, rows) if n == 0]

@@ -61,7 +61,7 @@ import pandas as pd
 from dataset.behaviour import Rows, fit_codes, history_index, label_rates, split_rows, summary, write_splits
 from dataset.raw import InputError
 from dataset.schema import Schema, SequenceField
-from dataset.split import SplitAssigner, check_split_rows, parse_split
+from dataset.split import SplitAssigner, check_common, check_split_rows
 from dataset.store import check_out
 
 INTERESTS = 3
@@ -280,12 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        ratios = parse_split(args.split)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    if args.chunk_size < 1:
-        raise InputError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    ratios = check_common(args.split, args.min_count, args.chunk_size)
     preprocess_synthetic_behaviour(args.out, rows=args.rows, users=args.users, items=args.items, cates=args.cates,
                                    max_len=args.max_len, rating=args.rating, rating_noise=args.rating_noise,
                                    split=ratios, min_count=args.min_count, seed=args.seed, chunk_size=args.chunk_size,

@@ -36,26 +36,25 @@ import os
 import shutil
 import time
 import threading
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dataset.raw import InputError, open_raw
+from dataset.buckets import ShuffleBuckets, bucket_count
+from dataset.raw import InputError, in_order, open_raw
 from dataset.schema import Schema, SequenceField
-from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
+from dataset.split import SPLITS, SplitAssigner, check_common, check_split_rows
 from dataset.store import StoreWriter, check_out, scratch_dir
 from dataset.table_read import (WRONG_COUNT, Cells, Codes, Decoder, Rows, TextBlock, Values, factorize_spans, pack,
                                 read_blocks, read_column, split_header, split_spans, to_cells, tokenize, unpack)
 from dataset.table_spec import DEFAULT_MIN_COUNT, TIME_PARTS, ColumnSpec, TableSpec, load_spec
 from dataset.vocab import HASH_KEY, Vocabulary, hash_strings, ids_from_positions
 
-T = TypeVar("T")
 BLOCK_BYTES = 4 << 20  # text tokenized at a time
 WORKERS = min(4, os.cpu_count() or 1)  # threads that parse (and in pass 2 encode) blocks; numpy frees the GIL
 AHEAD = WORKERS + 1  # blocks parsed ahead of the one consumed
@@ -299,24 +298,6 @@ def _column_index(names: list[str], path: Path, spec: TableSpec) -> dict[str, in
     return {name: i for i, name in enumerate(names)}
 
 
-def in_order(pool: ThreadPoolExecutor | None, fn: Callable[[Any], T], items: Iterable[Any]) -> Iterator[T]:
-    """``fn(item)`` for each item, in order, computed by ``pool`` up to AHEAD items ahead (or here)."""
-    if pool is None:
-        yield from map(fn, items)
-        return
-    pending: deque[Future[T]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > AHEAD:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-
-
 def read_table(path: Path, spec: TableSpec, bad_rows: BadRows, strict: bool, block_bytes: int = BLOCK_BYTES,
                bar: tqdm | None = None, pool: ThreadPoolExecutor | None = None,
                then: Callable[[Parsed], Any] | None = None) -> Iterator[tuple[Parsed, Any]]:
@@ -336,7 +317,7 @@ def read_table(path: Path, spec: TableSpec, bad_rows: BadRows, strict: bool, blo
 
         done = 0
         blocks = read_blocks(stream, block_bytes, first_line, head, raw)
-        for raw_pos, parsed, bad, extra in in_order(pool, work, blocks):
+        for raw_pos, parsed, bad, extra in in_order(pool, work, blocks, ahead=AHEAD):
             bad_rows.add(path, bad, strict)
             if bar is not None:
                 bar.update(raw_pos - done)
@@ -647,55 +628,6 @@ def _encode(parsed: Parsed, spec: TableSpec, enc: Encoders, dtype: np.dtype) -> 
 # ------------------------------------------------------------------------------------ shuffle buckets
 
 
-class Buckets:
-    """K shuffle buckets of records, in memory up to ``hold_bytes`` in all; past that everything held is
-    appended to one file per bucket in ``directory``. Records keep their order inside a bucket."""
-
-    def __init__(self, directory: Path, k: int, dtype: np.dtype, hold_bytes: int) -> None:
-        self.directory, self.dtype, self.hold_bytes = directory, dtype, hold_bytes
-        self.held: list[list[np.ndarray]] = [[] for _ in range(k)]
-        self.held_bytes = 0
-
-    def __len__(self) -> int:
-        return len(self.held)
-
-    def add(self, rec: np.ndarray, which: np.ndarray) -> None:
-        order = np.argsort(which, kind="stable")
-        rec, which = rec[order], which[order]
-        present = np.flatnonzero(np.diff(which, prepend=-1))  # first record of each bucket present
-        for lo, hi in zip(present, [*present[1:], len(which)]):
-            self.held[int(which[lo])].append(rec[lo:hi])
-        self.held_bytes += rec.nbytes
-        if self.held_bytes > self.hold_bytes:
-            self._spill()
-
-    def _spill(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for k, parts in enumerate(self.held):
-            if parts:
-                with open(self._file(k), "ab") as f:
-                    for part in parts:
-                        f.write(part.tobytes())
-        self.held = [[] for _ in self.held]
-        self.held_bytes = 0
-
-    def take(self, k: int) -> np.ndarray:
-        """Bucket ``k``'s records in the order they were added; they leave the buckets."""
-        parts = self.held[k]
-        if self._file(k).exists():
-            parts = [np.fromfile(self._file(k), dtype=self.dtype), *parts]
-            self._file(k).unlink()
-        self.held[k] = []
-        return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
-
-    def _file(self, k: int) -> Path:
-        return self.directory / f"{k:05d}.bin"
-
-
-def _n_buckets(rows: int, dtype: np.dtype) -> int:
-    return int(min(MAX_BUCKETS, max(1, math.ceil(rows * dtype.itemsize / BUCKET_BYTES))))
-
-
 # -------------------------------------------------------------------------------------- entry points
 
 
@@ -733,8 +665,9 @@ def preprocess_table(spec: TableSpec | str | os.PathLike, inputs: dict[str, str 
     paths = _check_inputs(inputs)
     out = Path(out_path)
     check_out(out, overwrite, inputs=[p for p in paths.values() if p is not None])
-    if chunk_size < 1 or (min_count is not None and min_count < 1) or buffer_bytes < 0:
-        raise InputError("--chunk-size and --min-count must be >= 1, --buffer-mb >= 0")
+    check_common(split, min_count, chunk_size)
+    if buffer_bytes < 0:
+        raise InputError(f"--buffer-mb must be >= 0, got {buffer_bytes >> 20}")
     ratios = _split_ratios(split, paths)
     hashed = {c.vocab_name for c in spec.fields if c.hash_buckets is not None}
     bucket_dir = scratch_dir(out)
@@ -745,7 +678,8 @@ def preprocess_table(spec: TableSpec | str | os.PathLike, inputs: dict[str, str 
         dtype = record_dtype(enc.schema)
         total_bytes = sum(p.stat().st_size for p in paths.values() if p is not None)
         estimate = stats.rows * total_bytes / max(paths["train"].stat().st_size, 1)
-        buckets = Buckets(bucket_dir, _n_buckets(int(estimate), dtype), dtype, buffer_bytes)
+        buckets = ShuffleBuckets(bucket_dir, bucket_count(int(estimate), dtype.itemsize, BUCKET_BYTES, MAX_BUCKETS),
+                                 dtype, buffer_bytes)
         bad_rows = BadRows()
         split_rows = _pass2(spec, paths, ratios, seed, strict, block_bytes, progress, enc, buckets, bad_rows, pool)
         check_split_rows(split_rows, str(paths["train"]))
@@ -803,7 +737,7 @@ def _pass1(spec: TableSpec, path: Path, ratios: tuple[float, ...], seed: int, st
 
 
 def _pass2(spec: TableSpec, paths: dict[str, Path | None], ratios: tuple[float, ...], seed: int, strict: bool,
-           block_bytes: int, progress: bool, enc: Encoders, buckets: Buckets, bad_rows: BadRows,
+           block_bytes: int, progress: bool, enc: Encoders, buckets: ShuffleBuckets, bad_rows: BadRows,
            pool: ThreadPoolExecutor | None) -> list[int]:
     """Read every input again, encode and scatter its rows into the buckets. -> rows per split."""
     dtype = record_dtype(enc.schema)
@@ -823,18 +757,13 @@ def _pass2(spec: TableSpec, paths: dict[str, Path | None], ratios: tuple[float, 
     return split_rows.tolist()
 
 
-def _pass3(buckets: Buckets, writer: StoreWriter, seed: int, progress: bool) -> dict[str, tuple[int, np.ndarray]]:
+def _pass3(buckets: ShuffleBuckets, writer: StoreWriter, seed: int, progress: bool) -> dict[str, tuple[int, np.ndarray]]:
     """Each bucket permuted, its rows appended to their splits. -> per split: rows and label sums (summed
     here, bucket by bucket, because bucket contents do not depend on block sizes)."""
-    perm_rng = np.random.default_rng([seed, 2])
     sums = {s: (0, np.zeros(writer.schema.num_tasks)) for s in SPLITS}
-    for k in tqdm(range(len(buckets)), desc="pass 3/3: shuffle + write", unit="bucket", disable=not progress):
-        rec = buckets.take(k)
-        perm = perm_rng.permutation(len(rec))
-        rec = rec[perm[np.argsort(rec["split"][perm], kind="stable")]]  # permuted, then grouped by split
-        bounds = np.searchsorted(rec["split"], np.arange(len(SPLITS) + 1))
-        for s, name in enumerate(SPLITS):
-            part = rec[bounds[s]:bounds[s + 1]]
+    for k, perm in tqdm(buckets.permutations(seed), total=len(buckets), desc="pass 3/3: shuffle + write",
+                        unit="bucket", disable=not progress):
+        for name, part in zip(SPLITS, buckets.take_by_split(k, perm)):
             a = {b.name: part[b.name] if b.width else np.zeros((len(part), 0), b.store_dtype)
                  for b in writer.schema.blocks()}
             writer.add(name, a["sparse"], a["dense"], a["label"], seq=a["seq"], seq_len=a["seq_len"],
@@ -889,10 +818,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, spec: TableSpec | str | os.PathLike) -> int:
     """Preprocess with the common flags of preprocess.py and those of :func:`add_input_arguments` (errors are
     raised for preprocess.py to print)."""
-    try:
-        ratios = parse_split(args.split)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    ratios = check_common(args.split, args.min_count, args.chunk_size)
     preprocess_table(spec, {"train": args.input, "valid": args.valid_input, "test": args.test_input},
                      args.out, min_count=args.min_count, split=ratios, seed=args.seed, chunk_size=args.chunk_size,
                      overwrite=args.overwrite, strict=args.strict, buffer_bytes=args.buffer_mb << 20)

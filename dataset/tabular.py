@@ -29,7 +29,7 @@ import pandas as pd
 
 from dataset.raw import InputError, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, check_split_rows, parse_split
+from dataset.split import SPLITS, SplitAssigner, check_common, check_split_rows
 from dataset.store import StoreWriter, check_out
 from dataset.vocab import Vocabulary, count_values, ids_from_positions
 
@@ -386,14 +386,9 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
 
 def frame_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The :func:`preprocess_frame` keyword arguments that come straight from the common flags."""
-    try:
-        ratios = parse_split(args.split)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    ratios = check_common(args.split, args.min_count, args.chunk_size)
     if args.buckets < 1:
         raise InputError(f"--buckets must be >= 1, got {args.buckets}")
-    if args.chunk_size < 1:
-        raise InputError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     options = {k: v for k, v in sorted(vars(args).items()) if k not in ("out", "overwrite") and not k.startswith("_")}
     return dict(min_count=args.min_count, split_ratios=ratios, seed=args.seed, chunk_size=args.chunk_size,
                 overwrite=args.overwrite, dense=args.dense, num_buckets=args.buckets, options=options)

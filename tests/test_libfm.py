@@ -16,6 +16,7 @@ import pytest
 
 import preprocess
 from conftest import ROOT, SHARED_DATA
+from dataset.buckets import ShuffleBuckets
 from dataset import frappe, libfm
 from dataset.libfm import BAD_ROW_KINDS, infer_layout, parse_fields, preprocess_libfm, read_blocks, tokenize
 from dataset.loader import make_loader
@@ -382,8 +383,8 @@ def test_frappe_ranges_inferred_from_the_data_are_the_documented_ones():
 def test_frappe_store_is_byte_identical_whatever_the_blocks_spills_and_hash_seed(frappe_store, tmp_path, monkeypatch):
     monkeypatch.setattr(libfm, "SPILL_BYTES", 100_000)  # every few blocks go to bucket files
     spills = []
-    spill = libfm.Buckets._spill
-    monkeypatch.setattr(libfm.Buckets, "_spill", lambda self: (spills.append(1), spill(self)))
+    spill = ShuffleBuckets._spill
+    monkeypatch.setattr(ShuffleBuckets, "_spill", lambda self: (spills.append(1), spill(self)))
     preprocess_libfm(FRAPPE, tmp_path / "small_blocks", dataset="frappe", fields=frappe.FIELD_SPEC,
                      split=(0.7, 0.2, 0.1), user_field="user", block_bytes=50_000)
     assert len(spills) > 5 and not list(tmp_path.glob("*buckets*"))

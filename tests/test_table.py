@@ -13,10 +13,10 @@ import pytest
 
 import preprocess
 from conftest import ROOT
+from dataset.buckets import ShuffleBuckets
 from dataset.loader import make_loader
 from dataset.raw import InputError
 from dataset.store import SPLITS, StoreReader
-from dataset import table
 from dataset.table import preprocess_table
 from dataset.table_read import TextBlock, tokenize
 from dataset.table_spec import parse_spec
@@ -186,8 +186,8 @@ def test_streaming_and_spilling_give_the_same_bytes(toy: tuple[Path, Path], tmp_
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     spec, _ = toy
     spills = []
-    spill = table.Buckets._spill
-    monkeypatch.setattr(table.Buckets, "_spill", lambda self: (spills.append(self.directory), spill(self)))
+    spill = ShuffleBuckets._spill
+    monkeypatch.setattr(ShuffleBuckets, "_spill", lambda self: (spills.append(self.directory), spill(self)))
     lines = [HEADER] + [f"r{i},u{i % 13},{'abc'[i % 3]},b,s{i % 5},{i},{i % 9},1,{i % 17},x|y,t1:{i % 4},{i * 3600},"
                         f"{'yes' if i % 3 else 'no'},{i % 5 / 7},q" for i in range(60)]
     data = write(tmp_path / "d.csv", "\n".join(lines) + "\n")
