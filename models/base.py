@@ -39,6 +39,7 @@ class CTRModel(nn.Module):
     """
 
     multitask: bool = False
+    needs_sequences: bool = False  # True: attends over behaviour histories (models/behaviour.py)
     embedding_cls: type[FeatureEmbedding] = FeatureEmbedding  # FFM / ONN swap in the field-aware kind
 
     def __init__(self, schema: Schema, embed_dim: int = 16, dense_mode: str = "vector",

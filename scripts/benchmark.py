@@ -113,13 +113,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def select_models(spec: str) -> list[str]:
-    """``"all"`` -> every registered model; ``"deepfm,DCN"`` -> ["DeepFM", "DCN"] (names checked)."""
+    """``"all"`` -> every registered model this benchmark's stores can feed; ``"deepfm,DCN"`` -> ["DeepFM",
+    "DCN"] (names checked). The behaviour-sequence models need histories, which the Criteo and census stores
+    lack: "all" leaves them out and naming one is an error that points at scripts/bench_features.py."""
     if spec.strip().lower() == "all":
-        return models.model_names()
-    names = [n.strip() for n in spec.split(",") if n.strip()]
+        return [n for n in models.model_names() if not models.get_model_class(n).needs_sequences]
+    names = [models.get_model_class(n.strip()).__name__ for n in spec.split(",") if n.strip()]
     if not names:
         raise ValueError("no model named; pass all or comma-separated names like DeepFM,DCN")
-    return [models.get_model_class(n).__name__ for n in names]
+    sequence = [n for n in names if models.get_model_class(n).needs_sequences]
+    if sequence:
+        raise ValueError(f"{', '.join(sequence)} attend over behaviour histories, which the Criteo and census stores "
+                         f"lack: measure them with scripts/bench_features.py --amazon-models {','.join(sequence)}")
+    return names
 
 
 # ------------------------------------------------------------------------------------------------ machine

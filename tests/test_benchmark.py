@@ -100,7 +100,11 @@ def test_a_fresh_process_reports_its_own_peak_memory_not_its_parents():
 
 
 def test_select_models_checks_names_against_the_registry():
-    assert benchmark.select_models("all") == models.model_names()
+    chosen = benchmark.select_models("all")
+    assert "DeepFM" in chosen and "MMoE" in chosen
+    assert set(models.model_names()) - set(chosen) == {"DIN", "DIEN", "BST", "DSIN"}  # need histories
+    with pytest.raises(ValueError, match="bench_features.py --amazon-models DIN"):
+        benchmark.select_models("DeepFM,din")
     assert benchmark.select_models("deepfm, DCN") == ["DeepFM", "DCN"]
     with pytest.raises(ValueError, match="valid models"):
         benchmark.select_models("DeepFM,NoSuchModel")

@@ -33,7 +33,7 @@ def is_multitask(name: str) -> bool:
 
 
 def needs_sequences(name: str) -> bool:
-    return getattr(models.get_model_class(name), "needs_sequences", False)
+    return models.get_model_class(name).needs_sequences
 
 
 SEQUENCE_MODELS = [name for name in ALL_MODELS if needs_sequences(name)]
