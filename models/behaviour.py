@@ -36,7 +36,10 @@ class BehaviourModel(CTRModel):
     papers do (item ⊕ category): candidate ``e_a`` [B, D_g], history ``e_b`` [B, L_g, D_g] with its mask
     [B, L_g] (that of the group's first field: the fields of one behaviour share their lengths),
     ``D_g = fields * D``. Every other input goes to the DNN as in DeepCTR's DIN: all sparse fields (the
-    candidate's too), the pooled sequence fields that are no history (genres, attributes), the dense fields:
+    candidate's too), the pooled sequence fields that are no history (genres, attributes), the dense fields;
+    with ``history_sum`` also, per behaviour sequence, what the authors' code feeds DIN's and DIEN's DNN
+    (mouna99/dien, ``Model_DIN``, ``Model_DIN_V2_Gru_Vec_attGru_Neg``): the sum-pooled history
+    ``s_g = sum_j e_b[j]`` over the valid steps and its product with the candidate ``e_a ⊙ s_g``. In all
     ``other_dim`` wide.
 
     A store without histories is a ValueError that names the stores that have them.
@@ -45,7 +48,7 @@ class BehaviourModel(CTRModel):
     needs_sequences = True
 
     def __init__(self, schema: Schema, embed_dim: int = 16, dense_mode: str = "vector", embed_init_std: float = 1e-4,
-                 consumed: Sequence[str] = ()) -> None:
+                 consumed: Sequence[str] = (), history_sum: bool = False) -> None:
         super().__init__(schema, embed_dim, dense_mode, embed_init_std)
         self.groups = behaviour_groups(schema)
         if not self.groups:
@@ -62,15 +65,22 @@ class BehaviourModel(CTRModel):
         max_len = {s.name: s.max_len for s in schema.sequence_fields}
         self.behaviour_lens = [max_len[histories[0]] for _, histories in self.groups]  # L_g
         fields = schema.num_sparse + len(self.pooled) + (schema.num_dense if dense_mode == "embed" else 0)
-        self.other_dim = fields * embed_dim + self.embedding.dense_dim
+        self.history_sum = history_sum
+        self.other_dim = (fields * embed_dim + self.embedding.dense_dim
+                          + (2 * sum(self.behaviour_dims) if history_sum else 0))
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
-        """-> the other fields flattened [B, other_dim], and per behaviour sequence (candidate [B, D_g],
-        history [B, L_g, D_g], mask bool [B, L_g])."""
+        """-> the other fields flattened [B, other_dim] (with ``history_sum``, each sequence's ``[s_g, e_a ⊙ s_g]``
+        last), and per behaviour sequence (candidate [B, D_g], history [B, L_g, D_g], mask bool [B, L_g])."""
         emb = self.embedding.fields(batch, self.pooled)  # [B, F', D]: sparse fields first
         behaviours = []
         for g, (_, histories) in enumerate(self.groups):
             candidate = emb[:, getattr(self, f"candidates_{g}")].flatten(start_dim=1)  # [B, D_g]
             seqs = [self.embedding.sequence(batch, name) for name in histories]  # ([B, L_g, D], [B, L_g]) each
             behaviours.append((candidate, torch.cat([s for s, _ in seqs], dim=-1), seqs[0][1]))
-        return self.embedding.dnn_input(emb, batch), behaviours
+        x = self.embedding.dnn_input(emb, batch)  # [B, other fields * D + dense]
+        if self.history_sum:
+            sums = [(history * mask.unsqueeze(-1).to(history.dtype)).sum(dim=1) for _, history, mask in behaviours]
+            x = torch.cat([x, *(t for (candidate, _, _), s in zip(behaviours, sums) for t in (s, candidate * s))],
+                          dim=1)  # [B, other_dim]
+        return x, behaviours

@@ -28,6 +28,9 @@ class BST(BehaviourModel):
     ``sequence_pooling``: ``"target"`` feeds the DNN the candidate's output (BARS), ``"concat"`` every
     position's output flattened, padded ones zero (the paper).
 
+    ``history_sum`` (default off, as the paper): also feed the DNN the sum-pooled history and its product
+    with the candidate, as the DIN/DIEN authors' code does (:class:`models.behaviour.BehaviourModel`).
+
     Defaults: the paper's 1 block, 8 heads, LeakyReLU, DNN 1024-512-256, dropout 0.2; feed-forward width
     4 x D_g (Vaswani et al.; the paper does not give it); no LayerNorm and ``"target"`` pooling as BARS
     AmazonElectronics_x1 (BST_amazonelectronics_x1_044: embedding 64, 1 layer, 8 heads, layer_norm off,
@@ -43,8 +46,9 @@ class BST(BehaviourModel):
                  embed_init_std: float = 1e-4, hidden_units: Sequence[int] = (1024, 512, 256),
                  activation: str = "leaky_relu", dropout: float = 0.2, batch_norm: bool = False,
                  transformer_layers: int = 1, num_heads: int = 8, transformer_dropout: float = 0.2,
-                 layer_norm: bool = False, sequence_pooling: Literal["target", "concat"] = "target") -> None:
-        super().__init__(schema, embed_dim, dense_mode, embed_init_std)
+                 layer_norm: bool = False, sequence_pooling: Literal["target", "concat"] = "target",
+                 history_sum: bool = False) -> None:
+        super().__init__(schema, embed_dim, dense_mode, embed_init_std, history_sum=history_sum)
         if sequence_pooling not in ("target", "concat"):
             raise ValueError(f"sequence_pooling must be 'target' or 'concat', got {sequence_pooling!r}")
         self.sequence_pooling = sequence_pooling

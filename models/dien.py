@@ -21,7 +21,7 @@ class DIEN(BehaviourModel):
         h_t  = GRU(e_b[t], h_{t-1})                                interest extractor
         a_t  = exp(h_t W e_a) / sum_j exp(h_j W e_a)               over the valid steps (attention="bilinear")
         h'_t = AUGRU(h_t, h'_{t-1}, a_t)                           interest evolving (gru_type)
-        y    = MLP([e_1, ..., e_F, h'_T, x_dense])
+        y    = MLP([e_1, ..., e_F, s, e_a ⊙ s, h'_T, x_dense])         s = sum_t e_b[t]   (history_sum)
         L    = L_target + alpha * L_aux                            alpha = aux_loss_weight
 
     Layers: :class:`layers.sequence.InterestExtractor`, :func:`~layers.sequence.auxiliary_loss` (in-batch
@@ -32,6 +32,9 @@ class DIEN(BehaviourModel):
     TwoTower does, so that under DDP the auxiliary loss uses the forward that DDP ran: call
     ``ddp_model.module.loss(batch, logits)`` right after ``logits = ddp_model(batch)``). Its negatives come
     from the rank's own batch.
+
+    ``history_sum`` (default on): the sum-pooled history and its product with the candidate join the DNN's
+    input, as in the authors' code (mouna99/dien, ``Model_DIN_V2_Gru_Vec_attGru_Neg``).
 
     Defaults: the paper's AUGRU and bilinear attention; alpha 1 (the authors' code adds the auxiliary loss
     unweighted, the paper leaves alpha open); DNN 200-80 with Dice as DIN here. BARS AmazonElectronics_x1
@@ -47,8 +50,9 @@ class DIEN(BehaviourModel):
                  dropout: float = 0.0, batch_norm: bool = False,
                  gru_type: Literal["AUGRU", "AGRU", "AIGRU"] = "AUGRU",
                  attention: Literal["bilinear", "din"] = "bilinear", attention_units: Sequence[int] = (80, 40),
-                 attention_activation: str = "dice", aux_loss_weight: float = 1.0) -> None:
-        super().__init__(schema, embed_dim, dense_mode, embed_init_std)
+                 attention_activation: str = "dice", aux_loss_weight: float = 1.0,
+                 history_sum: bool = True) -> None:
+        super().__init__(schema, embed_dim, dense_mode, embed_init_std, history_sum=history_sum)
         dims = self.behaviour_dims
         self.extractors = nn.ModuleList(InterestExtractor(d) for d in dims)
         self.attention = nn.ModuleList(target_attention(attention, d, attention_units, attention_activation)

@@ -19,10 +19,14 @@ class DIN(BehaviourModel):
     candidate (eq. 3), fed to the DNN with the other fields:
 
         v_U(A) = sum_j a(e_j, v_A) e_j,   a(e_j, v_A) = MLP([v_A, e_j, v_A - e_j, v_A ⊙ e_j])   (not normalized)
-        y      = MLP([e_1, ..., e_F, v_U(A), x_dense])
+        y      = MLP([e_1, ..., e_F, s, v_A ⊙ s, v_U(A), x_dense]),   s = sum_j e_j   (s, v_A ⊙ s: history_sum)
 
     ``v_A``: the candidate's fields concatenated (item ⊕ category), ``e_j``: the j-th behaviour likewise
     (:class:`models.behaviour.BehaviourModel`); one unit per behaviour sequence of the store.
+
+    ``history_sum`` (default on) adds the sum-pooled history and its product with the candidate to the DNN's
+    input, as the authors' code does (mouna99/dien ``Model_DIN``; the DIN repository points there): without
+    them the DNN must learn the candidate-history match from a concatenation, which an MLP does poorly.
 
     Defaults: the paper's DNN (its MLP 192 x 200 x 80 x 2: hidden 200-80) with Dice and unnormalized
     weights; the unit's MLP 80-40 with Dice as the authors' code and DeepCTR. BARS AmazonElectronics_x1
@@ -36,8 +40,9 @@ class DIN(BehaviourModel):
     def __init__(self, schema: Schema, embed_dim: int = 16, dense_mode: str = "vector",
                  embed_init_std: float = 1e-4, hidden_units: Sequence[int] = (200, 80), activation: str = "dice",
                  dropout: float = 0.0, batch_norm: bool = False, attention_units: Sequence[int] = (80, 40),
-                 attention_activation: str = "dice", attention_softmax: bool = False) -> None:
-        super().__init__(schema, embed_dim, dense_mode, embed_init_std)
+                 attention_activation: str = "dice", attention_softmax: bool = False,
+                 history_sum: bool = True) -> None:
+        super().__init__(schema, embed_dim, dense_mode, embed_init_std, history_sum=history_sum)
         self.attention = nn.ModuleList(LocalActivationUnit(d, attention_units, attention_activation, attention_softmax)
                                        for d in self.behaviour_dims)
         self.dnn = MLP(self.other_dim + sum(self.behaviour_dims), hidden_units, activation, dropout, batch_norm,

@@ -36,6 +36,9 @@ class DSIN(BehaviourModel):
     DSIN trains on every sequence store; ``--session_field none`` (a name the store lacks) forces windows.
     The session field is not fed to the DNN.
 
+    ``history_sum`` (default off, as the paper): also feed the DNN the sum-pooled history and its product
+    with the candidate, as the DIN/DIEN authors' code does (:class:`models.behaviour.BehaviourModel`).
+
     Defaults: the authors' code (DSIN repository / DeepCTR's DSIN): K = 5 sessions of T = 10 behaviours,
     8 heads, no LayerNorm in the session transformer (the paper's block has it: ``layer_norm=True``), DNN
     200-80 ReLU, activation unit 64-16 (with Dice here); feed-forward width D_g, ReLU; bias encoding on, as
@@ -51,10 +54,11 @@ class DSIN(BehaviourModel):
                  session_field: str = "hist_session", num_heads: int = 8, bias_encoding: bool = True,
                  layer_norm: bool = False,
                  attention: Literal["din", "bilinear"] = "din", attention_units: Sequence[int] = (64, 16),
-                 attention_activation: str = "dice") -> None:
+                 attention_activation: str = "dice",
+                 history_sum: bool = False) -> None:
         fields = {s.name: s for s in schema.sequence_fields}
         consumed = [session_field] if session_field in fields else []
-        super().__init__(schema, embed_dim, dense_mode, embed_init_std, consumed=consumed)
+        super().__init__(schema, embed_dim, dense_mode, embed_init_std, consumed=consumed, history_sum=history_sum)
         # per behaviour sequence: the session field that goes with it, or None (windows)
         self.session_fields = [session_field if consumed and fields[session_field].max_len == n else None
                                for n in self.behaviour_lens]
