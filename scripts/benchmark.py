@@ -1,6 +1,7 @@
 """One benchmark command: the speed and quality tables of this repo, beside the published BARS numbers.
 
-    python scripts/benchmark.py [--rows 1000000] [--models all|M1,M2] [--seeds 3] [--out checkpoints/benchmark] [--quick]
+    python scripts/benchmark.py [--rows 1000000] [--models all|M1,M2] [--seeds 3] [--out checkpoints/benchmark]
+                                [--quick]
 
 Writes ``<out>/benchmark.md`` (the Markdown it prints) and ``<out>/benchmark.json`` (every number, the machine,
 the exact commands). ``--quick``: 50,000 rows, one seed, LR, DeepFM, DCN and MMoE (unless --models), 3 steps.
@@ -87,7 +88,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=None, help="synthetic rows for the speed tables (default 1000000)")
     p.add_argument("--models", default=None, help="all, or comma-separated names (default all)")
     p.add_argument("--seeds", type=int, default=None, help="quality runs per model (default 3)")
-    p.add_argument("--out", type=Path, default=Path("checkpoints/benchmark"), help="writes benchmark.md and benchmark.json here")
+    p.add_argument("--out", type=Path, default=Path("checkpoints/benchmark"),
+                   help="writes benchmark.md and benchmark.json here")
     p.add_argument("--quick", action="store_true", help="50000 rows, 1 seed, LR/DeepFM/DCN/MMoE, 3 steps")
     p.add_argument("--batch-size", type=int, default=4096, help="rows per training step in the speed table")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps per model")
