@@ -157,8 +157,9 @@ def render(results: dict[str, Any]) -> str:
              f"Command: `{results['command']}` ({results['seconds'] / 60:.1f} min). Mean ± std over seeds {seeds} "
              f"(the store's seed and the model's); test metrics of the best-valid checkpoint."]
     if "amazon" in results:
-        rows = [[label, _metric(runs, "auc"), _metric(runs, "gauc"), mean_std([r["seconds"] / 60 for r in _ok(runs)], 1),
-                 _note(runs)] for label, runs in results["amazon"]["runs"].items()]
+        rows = [[label, _metric(runs, "auc"), _metric(runs, "gauc"),
+                 mean_std([r["seconds"] / 60 for r in _ok(runs)], 1), _note(runs)]
+                for label, runs in results["amazon"]["runs"].items()]
         parts += [f"### Amazon Beauty (DIN's protocol), `{' '.join(FLAGS['amazon'])}`",
                   markdown_table(["model", "test AUC", "test gAUC", "minutes per run", "note"], rows, "lrrrl"),
                   _commands(results["amazon"]["commands"])]
