@@ -15,6 +15,8 @@ and ``.json`` with every command.
 * ``frappe``: the 86,582 real Frappe rows (NFM's split 7:2:1 of the two files here), test AUC and logloss of
   LR, FM, DeepFM, DCN and xDeepFM, with scripts/benchmark.py's small sizes (hidden 64-64, 2 cross layers, CIN
   32-32).
+* ``speed``: training samples/s of DeepFM and the attention models on the Amazon store (one thread, batch
+  1024, default hyperparameters, each model in a fresh process: scripts/benchmark.py's measurement).
 * ``regression``: ``synthetic_behaviour --rating`` (Gaussian noise of known variance), a single-task model on
   the rating (``--labels rating``): test MSE against the noise variance, the best any model can reach.
 """
@@ -33,8 +35,8 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from benchmark import (FIRST_SEED, machine_info, machine_line, markdown_table, mean_std, portable,  # noqa: E402
-                       quality_hparams, train_once)
+from benchmark import (FIRST_SEED, bench_training, machine_info, machine_line, markdown_table,  # noqa: E402
+                       mean_std, portable, quality_hparams, train_once)
 from scripts.presets import to_argv  # noqa: E402
 import preprocess  # noqa: E402
 
@@ -42,7 +44,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 AMAZON = SHARED_DATA / "amazon" / "Beauty.txt"
 FRAPPE = [SHARED_DATA / "frappe" / f"frappe.{part}.libfm" for part in ("validation", "test")]
 HISTORIES = ("hist_item_id", "hist_cate_id")
-SECTIONS = ("amazon", "frappe", "regression")
+SECTIONS = ("amazon", "frappe", "regression", "speed")
 AMAZON_MODELS = ("DIN", "DIEN", "BST", "DSIN")
 FRAPPE_MODELS = ("LR", "FM", "DeepFM", "DCN", "xDeepFM")
 # The flags of each section's runs (the same for every model of a section: equal budgets).
@@ -54,6 +56,7 @@ FLAGS: dict[str, list[str]] = {
                    "--num_workers", "2", "--labels", "rating"],
 }
 REGRESSION_ROWS = 200_000
+SPEED = {"batch_size": 1024, "warmup": 3, "steps": 10}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -133,6 +136,15 @@ def regression(seeds: Sequence[int], work: Path) -> dict[str, Any]:
     return {"runs": runs, "commands": commands, "noise_variance": noise}
 
 
+def speed(attention: Sequence[str], work: Path) -> dict[str, Any]:
+    store = work / "amazon_speed"
+    commands: list[str] = []
+    make_store(["amazon", "--input", str(AMAZON), "--out", str(store)], work, commands)
+    names = ["DeepFM", *attention]
+    return {"training": bench_training(store, names, ["cpu"], SPEED["batch_size"], SPEED["warmup"], SPEED["steps"]),
+            "commands": commands}
+
+
 def _noise(store: Path) -> float:
     from dataset.store import StoreReader
     return float(StoreReader(store).meta["stats"]["rating_noise_variance"])
@@ -177,7 +189,17 @@ def render(results: dict[str, Any]) -> str:
                   f"`{' '.join(FLAGS['regression'])}`",
                   markdown_table(["model", "test MSE", "noise variance (the best possible MSE)", "note"], rows, "lrrl"),
                   _commands(reg["commands"])]
+    if "speed" in results:
+        rows = [[m, _speed(r["cpu"], "params", "{:,}"), _speed(r["cpu"], "samples_per_s", "{:,.0f}"),
+                 _speed(r["cpu"], "peak_rss_mib", "{:,.0f}")] for m, r in results["speed"]["training"].items()]
+        parts += [f"### Training throughput on the Amazon store (one CPU thread, batch {SPEED['batch_size']}, "
+                  f"default hyperparameters, {SPEED['steps']} steps after {SPEED['warmup']})",
+                  markdown_table(["model", "params", "CPU samples/s", "peak RSS (MiB)"], rows, "lrrr")]
     return "\n\n".join(parts) + "\n"
+
+
+def _speed(result: dict[str, Any], key: str, fmt: str) -> str:
+    return result["error"] if "error" in result else fmt.format(result[key])
 
 
 def _commands(commands: Sequence[str]) -> str:
@@ -203,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["frappe"] = frappe(seeds, work)
         if "regression" in args.sections:
             results["regression"] = regression(seeds, work)
+        if "speed" in args.sections:
+            results["speed"] = speed(args.amazon_models, work)
     results["machine"] = machine_info()
     results["seconds"] = time.perf_counter() - start
     markdown = render(results)
