@@ -257,7 +257,8 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        att, _ = multi_head_attention(self.W_q(x), self.W_k(x), self.W_v(x), self.num_heads, mask, self.scale)
+        att, _ = multi_head_attention(self.W_q(x), self.W_k(x), self.W_v(x), self.num_heads, mask, self.scale,
+                                      need_weights=False)
         s = self.norm1(x + self.dropout(self.W_o(att)))  # [B, L, D]
         return self.norm2(s + self.dropout(self.ffn(s)))
 

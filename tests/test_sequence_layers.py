@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layers.attention import InteractingLayer, masked_softmax
+from layers.attention import InteractingLayer, masked_softmax, multi_head_attention
 from layers.sequence import (AttentionalGRU, BilinearAttention, InterestExtractor, LocalActivationUnit,
                              SessionInterestExtractor, SessionInterestInteracting, TransformerBlock, auxiliary_loss,
                              split_sessions, target_attention)
@@ -35,6 +35,24 @@ def test_masked_softmax_zeroes_masked_keys_and_empty_rows_without_nan():
     assert w[0, 1] == 0 and w[1].abs().sum() == 0 and w[2].tolist() == [1.0, 0.0, 0.0, 0.0]
     (w * torch.randn(3, 4, dtype=torch.float64)).sum().backward()
     assert torch.isfinite(scores.grad).all() and scores.grad[1].abs().sum() == 0
+
+
+def test_fused_attention_equals_the_explicit_weights_with_empty_rows_and_gradients():
+    """need_weights=False (torch's fused kernel) gives the explicit softmax path's outputs and gradients, also
+    for a row whose keys are all masked (output 0, gradient 0, never NaN)."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, L, 2 * D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    _, mask = padded()
+    w = torch.randn(B, L, 2 * D, generator=g, dtype=torch.float64)
+    grads = []
+    for need_weights in (True, False):
+        out, alpha = multi_head_attention(q, k, v, 2, mask, 0.7, need_weights=need_weights)
+        assert (alpha is None) != need_weights
+        assert out[2].abs().sum() == 0  # LENGTHS[2] == 0: no key to attend
+        grads.append((out, *torch.autograd.grad((out * w).sum(), (q, k, v))))
+    for explicit, fused in zip(*grads):
+        torch.testing.assert_close(fused, explicit)
+        assert torch.isfinite(fused).all()
 
 
 def test_interacting_layer_key_mask_equals_dropping_the_masked_fields():
