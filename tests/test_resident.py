@@ -119,6 +119,16 @@ def test_a_batch_is_a_copy_not_a_view_of_the_resident_rows(store: Path) -> None:
     assert next(iter(ld))["sparse"][:, 0].tolist() == list(range(BATCH))
 
 
+def test_a_store_without_dense_fields_gives_zero_width_dense(tmp_path: Path) -> None:
+    schema = Schema(("id",), (50,), (), ("click",))
+    with StoreWriter(tmp_path / "s", schema, dataset="test", chunk_size=16) as w:
+        w.add("train", np.arange(50, dtype=np.int32)[:, None], np.zeros((50, 0), np.float32),
+              np.ones((50, 1), np.float32))
+    batches = list(make_resident_loader(tmp_path / "s", "train", 20, train=False))
+    assert [tuple(b["dense"].shape) for b in batches] == [(20, 0), (20, 0), (10, 0)]
+    assert flat(batches) == list(range(50)) and all(b["label"].eq(1).all() for b in batches)
+
+
 # -- the chunk loader's rows, per epoch and rank -----------------------------------------------------------
 
 
@@ -271,7 +281,8 @@ def train_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_auto_prints_and_records_the_chosen_path(train_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resident, "available_memory", lambda: 1000)  # too little: chunks
-    assert train.main([*DEEPFM, "--data", str(train_store), "--epochs", "1", "--model_save_dir", str(tmp_path / "a")]) == 0
+    argv = [*DEEPFM, "--data", str(train_store), "--epochs", "1", "--model_save_dir", str(tmp_path / "a")]
+    assert train.main(argv) == 0
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["train"]["data_path"] == "chunks"
     line = [x for x in capsys.readouterr().out.splitlines() if "data path" in x]
@@ -303,7 +314,8 @@ def test_two_cpu_processes_match_one_process_with_the_double_batch(train_store: 
     flags = [*DEEPFM, "--data", train_store, "--epochs", "1", "--data_path", "resident"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert train.main([str(a) for a in [*flags, "--batch_size", "64", "--model_save_dir", one]]) == 0
-    assert train.main([str(a) for a in [*flags, "--batch_size", "32", "--cpu_procs", "2", "--model_save_dir", two]]) == 0
+    assert train.main([str(a) for a in [*flags, "--batch_size", "32", "--cpu_procs", "2",
+                                        "--model_save_dir", two]]) == 0
     a, b = read_metrics(one), read_metrics(two)
     assert b["test_rows"] == a["test_rows"] == StoreReader(train_store).num_rows("test")
     assert b["global_step"] == a["global_step"] == 25
@@ -324,6 +336,7 @@ def test_a_sequence_store_trains_resident(tmp_path: Path) -> None:
     assert read_metrics(tmp_path / "run")["test_rows"] == StoreReader(path).num_rows("test")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_batches_are_on_the_device_and_match_the_cpu_ones(store: Path) -> None:
     gpu, cpu = resident_loader(store, device="cuda"), resident_loader(store)
