@@ -49,7 +49,7 @@ from dataset.store import SPLITS, StoreReader, human_size
 Batch = dict[str, torch.Tensor]
 DATA_PATHS = ("auto", "chunks", "resident")
 RESIDENT_FRACTION = 0.5  # auto: the splits may take this much of the free memory; the rest is the model's
-_READ_BYTES = 64 << 20  # rows read from the store per read_chunks call while loading
+_READ_BYTES = 64 << 20  # bytes of chunks read from the store per read_chunks call while loading
 _BATCH_DTYPES = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
                  np.dtype(np.float32): torch.float32}
 _WORD_DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
@@ -94,7 +94,7 @@ class ResidentSplit:
         self._load(reader)
 
     def _load(self, reader: StoreReader) -> None:
-        """Fill ``rows`` from the store, a few MB of chunks per read (each chunk verified by the reader)."""
+        """Fill ``rows`` from the store, about 64 MB of chunks per read (each chunk verified by the reader)."""
         chunks, chunk_rows = reader.num_chunks(self.split), int(reader.meta["chunk_size"])
         step = max(1, _READ_BYTES // max(1, chunk_rows * row_bytes(self.schema)))
         start = 0
