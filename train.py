@@ -60,6 +60,7 @@ from tqdm import tqdm
 
 import models
 from dataset.loader import CTRLoader, make_loader
+from dataset.resident import DATA_PATHS, ResidentLoader, choose_data_path, make_resident_loader
 from dataset.schema import POOLINGS, Schema
 from dataset.store import SPLITS, StoreCorruptError, StoreReader
 from layers.embedding import FeatureEmbedding
@@ -153,6 +154,10 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     hw.add_argument("--gpu_ids", default="", help="comma-separated CUDA ids, e.g. 0,1,2,3 (empty: CPU)")
     hw.add_argument("--cpu_procs", type=int, default=1, help="DDP over this many CPU processes (gloo)")
     hw.add_argument("--num_workers", type=int, default=2, help="loader worker processes per training process")
+    hw.add_argument("--data_path", choices=DATA_PATHS, default="auto",
+                    help="resident: every split loaded once onto the device, batches gathered there; chunks: "
+                         "streamed from the store by --num_workers workers; auto: resident when the splits fit "
+                         "in half the device's free memory (fixed for a run: --resume keeps it)")
     log = p.add_argument_group("logging and checkpoints")
     log.add_argument("--log_every", type=int, default=100, help="steps between train/* TensorBoard points")
     log.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: per epoch only)")
@@ -926,8 +931,10 @@ def prepare_run_dir(config: dict[str, Any]) -> None:
                          f"where you can write") from None
 
 
-def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size: int) -> dict[str, Any]:
-    """The full config of a run (checked): flags, model hyperparameters, run dir, store path and metadata."""
+def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size: int,
+                   devices: Sequence[torch.device] = (torch.device("cpu"),)) -> dict[str, Any]:
+    """The full config of a run (checked): flags, model hyperparameters, run dir, store path and metadata,
+    --data_path resolved (``devices``: :func:`plan_devices`)."""
     check_args(args, hparams)
     store = open_store(args.data)
     chunks = store.num_chunks("train")
@@ -942,11 +949,13 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
             raise UsageError(f"--resume: the run was trained by {saved['world_size']} process(es), this command "
                              f"starts {world_size}; pass the same --gpu_ids / --cpu_procs for an exact resume")
         run_dir: Path | None = Path(args.resume)
+        args.data_path, data_path_reason = resolve_data_path(args, store, devices, saved)
         done = finished(last["progress"], args)
         if done and (run_dir / "metrics.json").is_file():  # else it stopped before its test: let it finish
             raise UsageError(f"the run in {run_dir} is finished: {done}; nothing was changed")
     else:
         run_dir = None  # created by prepare_run_dir
+        args.data_path, data_path_reason = resolve_data_path(args, store, devices, None)
     _, kept = Inputs.of(store.schema, args.drop_fields, args.labels, torch.device("cpu"))  # checks both flags
     multitask = models.get_model_class(args.model).multitask
     args.monitor = resolve_monitor(args.monitor, kept.task_types if multitask else kept.task_types[:1],
@@ -955,8 +964,27 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
     return {"model": args.model, "model_hparams": hparams,
             "train": {k: v for k, v in vars(args).items() if k != "model"},
             "run_dir": str(run_dir) if run_dir else None, "world_size": world_size,
+            "data_path_reason": data_path_reason,
             "store": {"path": str(args.data), "dataset": meta.get("dataset"), "schema": meta["schema"],
                       "splits": meta["splits"], "options": meta.get("options", {})}}
+
+
+def resolve_data_path(args: argparse.Namespace, store: StoreReader, devices: Sequence[torch.device],
+                      saved: dict[str, Any] | None) -> tuple[str, str]:
+    """-> (``chunks`` or ``resident``, why). A resumed run (``saved``: its config) keeps the path it was trained
+    with, chunks for runs older than the flag: the batch order of an epoch depends on it, and an exact resume
+    continues that order. ``auto`` asks the memory of this machine's devices (torchrun: this rank's)."""
+    if saved is not None:
+        kept = saved["train"].get("data_path", "chunks")
+        if args.data_path not in ("auto", kept):
+            raise UsageError(f"--data_path {args.data_path}: the run was trained with --data_path {kept}, which "
+                             f"fixes the batch order of its epochs; drop the flag (start a new run to change it)")
+        return kept, "the path of the run being resumed"
+    processes = len(devices)
+    if torchrun_env():
+        local = int(os.environ["LOCAL_RANK"])
+        devices, processes = devices[local:local + 1], int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return choose_data_path(args.data_path, store, devices, processes)
 
 
 def resolve_monitor(monitor: str, task_types: Sequence[str], has_users: bool) -> str:
@@ -989,6 +1017,31 @@ def hparam_value(v: Any) -> int | float | str | bool:
     return v if isinstance(v, (int, float, str, bool)) else str(v)
 
 
+def make_loaders(store: StoreReader, args: argparse.Namespace, ctx: Ctx) -> dict[str, CTRLoader | ResidentLoader]:
+    """This rank's train, valid and test loaders, by the run's resolved --data_path (chunks or resident)."""
+    resident = vars(args).get("data_path", "chunks") == "resident"
+    if ctx.world_size > 1:  # torchrun: each rank resolved auto on its own device; rows must split the same way
+        votes = torch.tensor([float(resident), -float(resident)], device=ctx.device)
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        if votes.sum() != 0:
+            raise UsageError("the ranks chose different data paths (--data_path auto: some devices have room for "
+                             "the resident splits, others not); pass --data_path chunks or --data_path resident")
+    common = {"batch_size": args.batch_size, "seed": args.seed, "rank": ctx.rank, "world_size": ctx.world_size}
+    if resident:
+        loader = partial(make_resident_loader, store, device=ctx.device, **common)
+    else:
+        loader = partial(make_loader, store, num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda",
+                         **common)
+    try:  # the resident path reads (and verifies) every chunk here
+        return {"train": loader("train", train=True), "valid": loader("valid", train=False),
+                "test": loader("test", train=False)}
+    except StoreCorruptError as e:
+        raise RunFailed(str(e)) from None
+    except torch.OutOfMemoryError:
+        raise UsageError(f"the splits do not fit in the memory of {ctx.device} (--data_path resident); pass "
+                         f"--data_path chunks") from None
+
+
 class Trainer:
     """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics."""
 
@@ -1015,11 +1068,7 @@ class Trainer:
                                       static_graph=True)
         else:
             self.ddp = self.model
-        loader = partial(make_loader, self.store, batch_size=self.args.batch_size, seed=self.args.seed,
-                         rank=ctx.rank, world_size=ctx.world_size, num_workers=self.args.num_workers,
-                         pin_memory=ctx.device.type == "cuda")
-        self.loaders = {"train": loader("train", train=True), "valid": loader("valid", train=False),
-                        "test": loader("test", train=False)}
+        self.loaders = make_loaders(self.store, self.args, ctx)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step if self.args.resume
                                     else None) if ctx.master else None
         self.window: list[float] = []  # losses of the steps since the last train/* point
@@ -1358,12 +1407,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         devices = plan_devices(args)
         world = int(os.environ["WORLD_SIZE"]) if torchrun_env() else len(devices)
-        config = resolve_config(args, hparams, world)
+        config = resolve_config(args, hparams, world, devices)
         launcher = not torchrun_env() or os.environ["RANK"] == "0"
         if launcher:
             prepare_run_dir(config)
             print(f"train.py: run dir {config['run_dir']} (TensorBoard: {tensorboard_command(config['run_dir'])})",
                   flush=True)
+            print(f"train.py: data path {config['train']['data_path']} ({config['data_path_reason']})", flush=True)
         launch(config, devices)
         if launcher:
             print(f"train.py: {summary(Path(config['run_dir']))}", flush=True)

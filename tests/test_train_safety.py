@@ -399,7 +399,7 @@ def test_a_killed_rank_stops_the_run_with_one_line_and_leaves_no_process(victim:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAIN_SAFETY_TOKEN": token}
     run_dir = tmp_path / "run"
     argv = [*DEEPFM, "--data", store, "--epochs", "100", "--cpu_procs", "2", "--num_workers", "2",
-            "--ckpt_every", "2", "--model_save_dir", run_dir]
+            "--data_path", "chunks", "--ckpt_every", "2", "--model_save_dir", run_dir]
     out, err = tmp_path / "out", tmp_path / "err"  # files, not pipes: an orphan holding a pipe blocks no read
     with open(out, "w") as stdout, open(err, "w") as stderr:
         proc = subprocess.Popen([sys.executable, "train.py", *map(str, argv)], cwd=ROOT, env=env, stdout=stdout,
@@ -485,11 +485,12 @@ def test_epochs_are_numbered_from_1_in_the_bar_the_log_lines_and_metrics(store: 
     assert metrics["epochs"] == 2 and metrics["best_epoch"] == -(-metrics["best_step"] // 8)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("data_path,workers", [("chunks", 0), ("chunks", 2), ("resident", 0)])
 def test_a_corrupt_store_chunk_stops_training_with_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                      workers: int):
+                                                                      data_path: str, workers: int):
     """Bytes overwritten inside a stored chunk (found by its exact bytes) stop the run where the chunk is read,
-    in the process or in a loader worker, with the chunk named and the fix: not zeros trained on silently."""
+    in the process, in a loader worker or while the resident splits load, with the chunk named and the fix: not
+    zeros trained on silently."""
     from dataset.store import encode_chunk
     path = write_store(tmp_path / "s", n_rows=600)
     reader = StoreReader(path)
@@ -498,8 +499,8 @@ def test_a_corrupt_store_chunk_stops_training_with_one_line_naming_it(tmp_path: 
     at = data.find(value) + len(value) // 2
     data[at:at + 64] = bytes(64)
     (path / "data.mdb").write_bytes(bytes(data))
-    code, _, err = run_cli([*DEEPFM, "--data", path, "--num_workers", workers, "--model_save_dir", tmp_path / "run"],
-                           capsys)
+    code, _, err = run_cli([*DEEPFM, "--data", path, "--num_workers", workers, "--data_path", data_path,
+                            "--model_save_dir", tmp_path / "run"], capsys)
     assert code == 1
     assert re.fullmatch(r"train\.py: error: store \S+ is corrupt at chunk train/00000002 \(checksum mismatch\): "
                         r"re-run preprocess\.py", one_error_line(err))
