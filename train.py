@@ -157,7 +157,9 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     log.add_argument("--log_every", type=int, default=100, help="steps between train/* TensorBoard points")
     log.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: per epoch only)")
     log.add_argument("--ckpt_every", type=int, default=0, help="write last.pt every N steps (0: off)")
-    log.add_argument("--ckpt_minutes", type=float, default=10.0, help="write last.pt at least this often")
+    log.add_argument("--ckpt_minutes", type=float, default=10.0,
+                     help="write last.pt once this many minutes have passed since the last one (checked every "
+                          "--log_every, --eval_every and --ckpt_every steps)")
     return p
 
 
@@ -412,15 +414,6 @@ def init_process(rank: int, world_size: int, device: torch.device) -> Ctx:
     return Ctx(rank, world_size, device)
 
 
-def mean_over_ranks(x: torch.Tensor, ctx: Ctx) -> float:
-    """Mean of a scalar over all ranks (DDP: one all_reduce)."""
-    if ctx.world_size > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-        x = x / ctx.world_size
-    return float(x)
-
-
 def gather_rows(x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
     """Every rank's rows ``[n_r, ...]`` concatenated in rank order -> ``[sum_r n_r, ...]`` on every rank.
     Ranks may hold different ``n_r``: rows are padded to the largest, all-gathered, then trimmed."""
@@ -519,24 +512,97 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, loss_fn: LossFn, ctx: Ctx,
-               *, amp: bool = False, step: int = 0) -> float:
+               *, amp: bool = False) -> torch.Tensor:
     """One optimizer step of ``model`` (DDP-wrapped when ``ctx.world_size > 1``) on this rank's batch.
 
-    Returns the loss averaged over ranks. Raises :class:`NonFiniteLossError` naming ``step`` before any
-    update if that loss is NaN or inf (every rank sees the same averaged value, so all stop together).
+    Returns this rank's loss, detached, as a 0-dim float32 tensor on the device: the host never waits for
+    the device here. The step is taken whatever the loss is, so a NaN/inf loss leaves NaN/inf weights in
+    memory; the caller records the loss in a :class:`LossWindow` and checks it (:meth:`LossWindow.read`,
+    :func:`check_finite`) before it writes anything from those weights.
     """
     model.train()
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(batch)  # [B, T]
     loss = loss_fn(batch, logits.float())
-    value = mean_over_ranks(loss.detach(), ctx)
-    if not math.isfinite(value):
-        raise NonFiniteLossError(f"the training loss is {value} at step {step}; no update was made. Lower --lr, "
-                                 f"raise --embed_l2 or check the data")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients are averaged over ranks here
     optimizer.step()
-    return value
+    return loss.detach()
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """A :class:`LossWindow` read at a boundary, over every rank: ``loss`` is the mean of the window's step
+    losses (each rank's loss of each step counts once: the mean over ranks of the per-step means); ``rows``
+    their rows summed over ranks; ``bad_step`` the first step since the start of the run (this process)
+    whose loss was NaN/inf on any rank (0: none) and ``bad_loss`` that loss (summed over the ranks where it
+    was NaN/inf at that step: NaN or +-inf, as the mean over ranks would be); ``since_save`` rank 0's
+    seconds since it last wrote last.pt."""
+
+    loss: float
+    steps: int
+    rows: int
+    bad_step: int
+    bad_loss: float
+    since_save: float
+
+
+class LossWindow:
+    """The training loss of the steps since the last train/* point, accumulated on the device.
+
+    :meth:`add` is a few tiny device ops per step and never synchronizes the host with the device: the loss
+    sum stays a float64 device tensor, the first step whose loss was NaN/inf stays a 0-dim int64 device tensor
+    (0: none). Row and step counts are host integers (batch shapes are known without the device). :meth:`read`
+    is the synchronization of a boundary: one collective over the ranks (DDP) and one device->host copy.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # never reset: the run stops on it
+        self.bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new window (the NaN/inf record stays)."""
+        self.total = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.steps, self.rows = 0, 0
+
+    def add(self, loss: torch.Tensor, step: int, rows: int) -> None:
+        """Count ``loss`` (0-dim, on the device) of global step ``step``, on ``rows`` rows of this rank."""
+        loss = loss.detach().double()
+        self.total += loss
+        new = ~torch.isfinite(loss) & (self.first_bad == 0)
+        self.first_bad = torch.where(new, step, self.first_bad)
+        self.bad_loss = torch.where(new, loss, self.bad_loss)
+        self.steps += 1
+        self.rows += rows
+
+    def read(self, ctx: Ctx, since_save: float = 0.0) -> WindowReport:
+        """The window over every rank (every rank calls this at the same step); ``since_save``: this rank's
+        seconds since it wrote last.pt (rank 0's is reported)."""
+        host = torch.tensor([self.rows, since_save], dtype=torch.float64).to(self.device)
+        mine = torch.cat([torch.stack([self.total, self.first_bad.double(), self.bad_loss]), host])  # [5]
+        parts = [mine]
+        if ctx.world_size > 1:
+            parts = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+            dist.all_gather(parts, mine)
+        table = torch.stack(parts).cpu().tolist()  # [ranks, 5]: the one device->host copy
+        total = sum(r[0] for r in table)
+        bad = [int(r[1]) for r in table if r[1] > 0]
+        step = min(bad, default=0)
+        return WindowReport(loss=total / (self.steps * ctx.world_size) if self.steps else math.nan,
+                            steps=self.steps, rows=int(sum(r[3] for r in table)), bad_step=step,
+                            bad_loss=sum((r[2] for r in table if step and int(r[1]) == step), 0.0),
+                            since_save=table[0][4])
+
+
+def check_finite(report: WindowReport, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first step whose training loss was NaN/inf, if any (checked
+    at ``step``, a boundary: nothing has been written from the weights of the steps since)."""
+    if report.bad_step:
+        found = f" (found at step {step}; no step from {report.bad_step} on was saved)" if step > report.bad_step else ""
+        raise NonFiniteLossError(f"the training loss is {report.bad_loss} at step {report.bad_step}{found}. "
+                                 f"Lower --lr, raise --embed_l2 or check the data")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -793,7 +859,8 @@ def remove_leftovers(run_dir: Path) -> None:
 
 
 def weights_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Whether every parameter of ``model`` is finite (one device->host copy)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1022,10 +1089,11 @@ class Trainer:
                         "test": loader("test", train=False)}
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step if self.args.resume
                                     else None) if ctx.master else None
-        self.window: list[float] = []  # losses of the steps since the last train/* point
-        self.window_rows = 0  # rows of those steps on this rank
+        self.window = LossWindow(ctx.device)  # the steps since the last train/* point
         self.window_start = self.clock()
         self.last_save = time.monotonic()
+        self.synced: tuple[int, WindowReport] | None = None  # the last boundary's step and report
+        self.bar: tqdm | None = None  # the epoch's progress bar (its postfix shows the window's loss)
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
@@ -1050,7 +1118,9 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Rank 0 writes ``name`` (last.pt: the full training state; best.pt: weights, config, progress).
-        Non-finite weights are never written: the previous file stays."""
+        Called by every rank at the same step (a boundary, :meth:`sync`). Weights that a NaN/inf loss touched,
+        or that are NaN/inf, are never written: the previous file stays."""
+        self.sync()
         if not self.ctx.master:
             return
         if not weights_finite(self.model):
@@ -1066,9 +1136,25 @@ class Trainer:
         except RunFailed as e:  # a full disk
             raise RunFailed(f"{e}; free some space, then {resume_advice(self.run_dir)}") from None
 
-    def checkpoint_due(self) -> bool:
+    def checkpoint_due(self, report: WindowReport) -> bool:
+        """Whether last.pt is due at this boundary: every --ckpt_every steps, or --ckpt_minutes after the last
+        one by rank 0's clock (``report``: every rank decides the same)."""
         every = self.args.ckpt_every and self.progress.global_step % self.args.ckpt_every == 0
-        return bool(every) or time.monotonic() - self.last_save >= 60 * self.args.ckpt_minutes
+        return bool(every) or report.since_save >= 60 * self.args.ckpt_minutes
+
+    # -- boundaries: the only places where the host waits for the device ----------------------------
+
+    def sync(self) -> WindowReport:
+        """The synchronization of a boundary (a train/* point, an evaluation, a checkpoint, the end of an epoch
+        or of the run), made by every rank at the same step: reads the loss window (:meth:`LossWindow.read`)
+        and raises :class:`NonFiniteLossError` naming the first step whose loss was NaN/inf on any rank, so
+        that all ranks stop at the same boundary and nothing is saved from weights such a step touched. Once
+        per step: later calls at the same step return the first one's report."""
+        step = self.progress.global_step
+        if self.synced is None or self.synced[0] != step:
+            self.synced = step, self.window.read(self.ctx, since_save=time.monotonic() - self.last_save)
+        check_finite(self.synced[1], step)
+        return self.synced[1]
 
     # -- logging --------------------------------------------------------------------------------------
 
@@ -1085,19 +1171,20 @@ class Trainer:
         """train/* points for the steps since the last ones (every --log_every steps and at the end of each
         epoch): mean loss, LR, and samples/s = every rank's rows over the window's time, evaluations
         excluded. Called by every rank at the same steps (the row count is summed over ranks)."""
-        if not self.window:
+        if not self.window.steps:
             return
-        rows = torch.tensor([self.window_rows], device=self.ctx.device)
-        if self.ctx.world_size > 1:
-            dist.all_reduce(rows)
+        report = self.sync()  # first: the window's time ends when the device has done its steps
         seconds = max(self.clock() - self.window_start, 1e-9)
         if self.writer:
             step = self.progress.global_step
-            self.writer.add_scalar("train/loss", sum(self.window) / len(self.window), step)
+            self.writer.add_scalar("train/loss", report.loss, step)
             self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
-            self.writer.add_scalar("train/samples_per_s", int(rows) / seconds, step)
+            self.writer.add_scalar("train/samples_per_s", report.rows / seconds, step)
             self.writer.flush()
-        self.window, self.window_rows, self.window_start = [], 0, self.clock()
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{report.loss:.4f}", refresh=False)
+        self.window.reset()
+        self.window_start = self.clock()
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -1124,17 +1211,16 @@ class Trainer:
             batches = iter(loader)
         self.window_start = self.clock()
         with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch + 1}/{self.args.epochs}",
-                  disable=not self.ctx.master, leave=False, dynamic_ncols=True) as bar:
-            for batch in bar:
+                  disable=not self.ctx.master, leave=False, dynamic_ncols=True) as self.bar:
+            for batch in self.bar:
                 loss = train_step(self.ddp, self.inputs.select(to_device(batch, self.ctx.device)), self.optimizer,
-                                  self.loss_fn,
-                                  self.ctx, amp=self.args.amp, step=p.global_step + 1)
+                                  self.loss_fn, self.ctx, amp=self.args.amp)
                 p.step_in_epoch += 1
                 p.global_step += 1
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 self.after_step(loss, len(batch["label"]))
                 if p.stop_reason:
                     break
+        self.bar = None
         self.log_train()  # the epoch's last, partial window: a short run still gets a train curve
         if p.stop_reason:
             return
@@ -1143,22 +1229,30 @@ class Trainer:
             self.validate()
         self.save("last.pt")
 
-    def after_step(self, loss: float, rows: int) -> None:
+    def after_step(self, loss: torch.Tensor, rows: int) -> None:
+        """Count the step's ``loss`` (on the device) and ``rows``; at a boundary (every --log_every, --eval_every
+        and --ckpt_every steps) synchronize, then log, evaluate, checkpoint. Between boundaries the host never
+        waits for the device."""
         p, args = self.progress, self.args
-        self.window.append(loss)
-        self.window_rows += rows
-        if p.global_step % args.log_every == 0:
+        self.window.add(loss, p.global_step, rows)
+        log = p.global_step % args.log_every == 0
+        evaluate_now = bool(args.eval_every) and p.global_step % args.eval_every == 0
+        ckpt = bool(args.ckpt_every) and p.global_step % args.ckpt_every == 0
+        report = self.sync() if log or evaluate_now or ckpt else None
+        if log:
             self.log_train()
-        if args.eval_every and p.global_step % args.eval_every == 0:
+        if evaluate_now:
             self.validate()
         if args.max_steps and p.global_step >= args.max_steps:
-            p.stop_reason = "max_steps"
-        if not p.stop_reason and self.ctx.master and self.checkpoint_due():
+            p.stop_reason = "max_steps"  # the caller ends the epoch: its log, evaluation and last.pt follow
+        if report and not p.stop_reason and self.checkpoint_due(report):
             self.save("last.pt")
 
     def validate(self) -> None:
-        """Evaluate on valid; update best.pt, the LR scheduler and the patience counter by --monitor."""
+        """Evaluate on valid; update best.pt, the LR scheduler and the patience counter by --monitor. A
+        boundary: a NaN/inf training loss since the last one stops the run here (:meth:`sync`)."""
         p = self.progress
+        self.sync()  # before the clock starts: the device finishes the window's steps first
         started = self.clock()
         try:
             metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp, self.inputs)

@@ -6,7 +6,9 @@ Stores are small (a few thousand rows) and carry a planted signal:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -175,17 +177,64 @@ def test_model_flags_come_from_the_constructor_signature():
         train.parse_args(["--model", "DeepFM", "--num_cross_layers", "2"])
 
 
-def test_train_step_refuses_a_nan_loss_before_updating(schema: Schema):
+def test_a_nan_loss_is_kept_on_the_device_and_raised_naming_its_step_at_the_next_check(schema: Schema):
+    """train_step returns the loss as a device tensor and steps whatever it is (NaN weights follow); the loss
+    window records the first NaN/inf step on the device, and the boundary check raises naming that step."""
     model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    args = train.base_parser(False).parse_args([])
-    loss_fn = train.make_loss_fn(model, args)
-    batch = make_batch(schema, 16, seed=1)
-    batch["dense"][3, 0] = float("nan")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(train.NonFiniteLossError, match="at step 12"):
-        train.train_step(model, batch, optimizer, loss_fn, train.Ctx(), step=12)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    loss_fn = train.make_loss_fn(model, train.base_parser(False).parse_args([]))
+    good, bad = make_batch(schema, 16, seed=1), make_batch(schema, 16, seed=1)
+    bad["dense"][3, 0] = float("nan")
+    window, losses = train.LossWindow(torch.device("cpu")), []
+    for step, batch in ((11, good), (12, bad), (13, good)):
+        loss = train.train_step(model, batch, optimizer, loss_fn, train.Ctx())
+        assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+        window.add(loss, step, rows=16)
+        losses.append(loss)
+    assert torch.isfinite(losses[0]) and losses[1].isnan() and losses[2].isnan()  # step 12 poisoned the weights
+    assert isinstance(window.first_bad, torch.Tensor) and int(window.first_bad) == 12
+    report = window.read(train.Ctx())
+    assert (report.bad_step, report.steps, report.rows) == (12, 3, 48) and math.isnan(report.bad_loss)
+    with pytest.raises(train.NonFiniteLossError, match=r"the training loss is nan at step 12 \(found at step 13; "
+                                                       r"no step from 12 on was saved\)"):
+        train.check_finite(report, 13)
+    train.check_finite(train.LossWindow(torch.device("cpu")).read(train.Ctx()), 13)  # nothing recorded: passes
+
+
+def test_the_window_loss_is_the_mean_of_its_step_losses():
+    window = train.LossWindow(torch.device("cpu"))
+    losses = torch.rand(7, generator=torch.Generator().manual_seed(0)) * 3
+    for step, loss in enumerate(losses, start=1):
+        window.add(loss, step, rows=10 + step)
+    report = window.read(train.Ctx(), since_save=42.0)
+    assert report.loss == math.fsum(losses.tolist()) / 7 and (report.steps, report.rows) == (7, 7 * 10 + 28)
+    assert report.bad_step == 0 and report.since_save == 42.0
+    window.reset()
+    assert window.read(train.Ctx()).steps == 0 and math.isnan(window.read(train.Ctx()).loss)
+
+
+def test_the_train_loss_curve_is_the_mean_of_the_eager_step_losses(store: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """Every train/loss point (every 5 steps, evaluations every 3 steps inside the windows) equals the mean of
+    the step losses since the previous point, read eagerly one by one."""
+    step_losses, train_step = [], train.train_step
+
+    def eager_step(*args, **kwargs):
+        loss = train_step(*args, **kwargs)
+        step_losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(train, "train_step", eager_step)
+    run_dir = tmp_path / "run"
+    assert train.main([*DEEPFM, "--data", str(store), "--epochs", "1", "--eval_every", "3",
+                       "--model_save_dir", str(run_dir)]) == 0
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    points = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in points] == list(range(5, len(step_losses) + 1, 5))
+    for step, value in points:
+        window = step_losses[step - 5:step]
+        assert value == np.float32(math.fsum(window) / len(window)), step  # TensorBoard keeps float32
 
 
 # -- DDP --------------------------------------------------------------------------------------------------
@@ -210,7 +259,9 @@ def ddp_worker(rank: int, port: int, schema: Schema, out: str) -> None:
     for step in range(DDP_STEPS):
         full = make_batch(schema, 2 * DDP_B, seed=step)
         batch = {k: v[rank * DDP_B:(rank + 1) * DDP_B] for k, v in full.items()}
-        losses.append(train.train_step(ddp, batch, optimizer, loss_fn, ctx, step=step))
+        loss = train.train_step(ddp, batch, optimizer, loss_fn, ctx)  # this rank's
+        dist.all_reduce(loss)
+        losses.append(float(loss) / 2)
     rows = torch.arange(3 + 2 * rank, dtype=torch.float32).unsqueeze(1) + 100 * rank  # 3 rows, then 5 rows
     gathered = train.gather_rows(rows, ctx)
     if rank == 0:
@@ -231,13 +282,39 @@ def test_two_gloo_processes_match_one_process_with_the_double_batch(which: str, 
     model = ddp_model(schema)
     args = train.base_parser(False).parse_args(["--embed_l2", "0.01", "--lr", "0.01"])
     optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args)
-    losses = [train.train_step(model, make_batch(schema, 2 * DDP_B, seed=s), optimizer, loss_fn, train.Ctx())
+    losses = [float(train.train_step(model, make_batch(schema, 2 * DDP_B, seed=s), optimizer, loss_fn, train.Ctx()))
               for s in range(DDP_STEPS)]
     assert ddp["losses"] == pytest.approx(losses, rel=1e-5)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ddp["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
     expected = torch.tensor([0, 1, 2, 100, 101, 102, 103, 104], dtype=torch.float32).unsqueeze(1)
     assert torch.equal(ddp["gathered"], expected)
+
+
+def window_worker(rank: int, port: int, out: str) -> None:
+    """Rank ``rank`` of 2 gloo processes: a loss window of steps 1-2 (finite), then steps 3-6 where rank 1's
+    loss is NaN at step 3 and rank 0's inf at step 5."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = train.init_process(rank, 2, torch.device("cpu"))
+    window, reports = train.LossWindow(ctx.device), []
+    for step in range(1, 7):
+        loss = {(1, 3): math.nan, (0, 5): math.inf}.get((rank, step), step + 10.0 * rank)
+        window.add(torch.tensor(loss), step, rows=8 + rank)
+        if step in (2, 6):
+            reports.append(window.read(ctx, since_save=100.0 + rank))
+            window.reset()
+    torch.save([dataclasses.asdict(r) for r in reports], f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_read_one_window_and_stop_on_the_first_non_finite_step_of_either(tmp_path: Path):
+    out = tmp_path / "window"
+    mp.spawn(window_worker, args=(train.free_port(), str(out)), nprocs=2, join=True)
+    for rank in range(2):
+        finite, bad = torch.load(f"{out}.{rank}", weights_only=True)
+        assert finite == {"loss": (1 + 2 + 11 + 12) / 4, "steps": 2, "rows": 2 * 8 + 2 * 9, "bad_step": 0,
+                          "bad_loss": 0.0, "since_save": 100.0}  # rank 0's clock decides a checkpoint
+        assert (bad["bad_step"], bad["steps"], bad["rows"]) == (3, 4, 4 * 8 + 4 * 9) and math.isnan(bad["bad_loss"])
 
 
 def test_two_cpu_processes_score_every_test_row(store: Path, deepfm_run: Path, tmp_path: Path):
