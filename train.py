@@ -1087,7 +1087,9 @@ class Trainer:
                          pin_memory=ctx.device.type == "cuda")
         self.loaders = {"train": loader("train", train=True), "valid": loader("valid", train=False),
                         "test": loader("test", train=False)}
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step if self.args.resume
+        # A resumed run drops the points its killed predecessor wrote after last.pt's step (the points of that
+        # step were written before last.pt was, so they stay)
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step + 1 if self.args.resume
                                     else None) if ctx.master else None
         self.window = LossWindow(ctx.device)  # the steps since the last train/* point
         self.window_start = self.clock()

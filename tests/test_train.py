@@ -351,6 +351,14 @@ def test_sigkilled_run_resumes_to_the_same_final_metrics(store: Path, tmp_path: 
 
     assert train.main(["--resume", str(killed)]) == 0
     assert read_metrics(killed) == read_metrics(straight)
+    assert train_curve(killed) == train_curve(straight)  # the resumed run's train/loss points are the same
+
+
+def train_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """The train/loss points of a run dir (of a resumed run: those written after the resume win)."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train/loss")]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(store: Path, tmp_path: Path,
