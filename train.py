@@ -76,6 +76,7 @@ FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "labels",
 MONITORS = {"auc": "max", "gauc": "max", "logloss": "min", "rmse": "min", "mae": "min"}  # metric -> better when
 FROM_COMMAND_LINE = ("resume", "eval_only")  # never taken from a saved config
 HARDWARE = ("gpu_ids", "cpu_procs", "num_workers", "amp")  # --eval_only takes these from the command line too
+EVAL_BATCH_CAP = 65536  # the largest default --eval_batch_size
 
 
 class UsageError(Exception):
@@ -126,6 +127,10 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=10)
     opt.add_argument("--batch_size", type=int, default=4096, help="rows per step and process")
+    opt.add_argument("--eval_batch_size", type=int, default=None,
+                     help=f"rows per evaluation batch and process (default: 4 x --batch_size, at most "
+                          f"{EVAL_BATCH_CAP} unless --batch_size is larger): evaluation keeps no activations "
+                          f"for a backward pass")
     opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     opt.add_argument("--lr", type=float, default=1e-3)
     opt.add_argument("--weight_decay", type=float, default=0.0,
@@ -324,6 +329,7 @@ def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
     for k in non_negative:
         if getattr(args, k) < 0:
             raise UsageError(f"--{k} must be >= 0, got {getattr(args, k)}")
+    eval_batch_size(args)  # checks --eval_batch_size
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
     for k in ("weight_decay", "embed_l2", "min_lr", "ckpt_minutes"):
@@ -507,6 +513,17 @@ class Inputs:
         return {k: v.index_select(1, self.columns[k]) if k in self.columns else v for k, v in batch.items()}
 
 
+def eval_batch_size(args: argparse.Namespace) -> int:
+    """Rows per evaluation batch: --eval_batch_size, else 4 x --batch_size capped at :data:`EVAL_BATCH_CAP`
+    (never below --batch_size). A config saved before the flag existed gets the default."""
+    given = getattr(args, "eval_batch_size", None)
+    if given is None:
+        return max(args.batch_size, min(4 * args.batch_size, EVAL_BATCH_CAP))
+    if given < 1:
+        raise UsageError(f"--eval_batch_size must be >= 1, got {given}")
+    return given
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -609,31 +626,38 @@ def check_finite(report: WindowReport, step: int) -> None:
 # Evaluation: predictions of every rank gathered, metrics computed once on the whole split.
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False,
             inputs: Inputs | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """-> labels [N, T], predictions [N, T] (probabilities for binary tasks, values for regression tasks) and
     the user id of every row [N] (None without a user field) of the whole split: every rank's rows, on every
-    rank."""
+    rank. Per-batch outputs stay on the device; at the end they are concatenated, gathered over the ranks
+    and copied to the host once."""
     model.eval()
     inputs = inputs or Inputs()
     tasks = model.num_tasks
     with torch.random.fork_rng(devices=[]):  # a loader's iterator may draw seeds: keep the training stream
         batches = iter(loader)
-    labels, preds = [torch.empty(0, tasks, device=ctx.device)], [torch.empty(0, tasks, device=ctx.device)]
-    groups = [torch.empty(0, dtype=torch.long, device=ctx.device)]
+    width = 2 * tasks + (inputs.user_column is not None)
+    rows = [torch.empty(0, width, dtype=torch.float64, device=ctx.device)]  # [B, labels | predictions | user]
     for batch in batches:
-        batch = to_device(batch, ctx.device)
-        if inputs.user_column is not None:
-            groups.append(inputs.groups(batch))
-        batch = inputs.select(batch)
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch).float()  # [B, T]
-        preds.append(torch.where(model.regression, logits, torch.sigmoid(logits)))
-        labels.append(batch["label"][:, :tasks])
-    labels_, preds_ = (gather_rows(torch.cat(t), ctx).cpu().double().numpy() for t in (labels, preds))
-    groups_ = gather_rows(torch.cat(groups), ctx).cpu().numpy() if inputs.user_column is not None else None
-    return labels_, preds_, groups_
+        rows.append(predict_batch(model, to_device(batch, ctx.device), tasks, amp, inputs))
+    table = gather_rows(torch.cat(rows), ctx).cpu().numpy()  # [N, width]: the one device->host copy
+    groups = table[:, 2 * tasks].astype(np.int64) if inputs.user_column is not None else None
+    return table[:, :tasks], table[:, tasks:2 * tasks], groups
+
+
+def predict_batch(model: nn.Module, batch: Batch, tasks: int, amp: bool, inputs: Inputs) -> torch.Tensor:
+    """One store batch (on the device) -> [B, 2T (+1)] float64: its labels, the model's predictions and, with a
+    user field, the user id (float64 holds ids below 2^53 exactly)."""
+    groups = inputs.groups(batch)  # [B] or None
+    batch = inputs.select(batch)
+    with torch.autocast(batch["label"].device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(batch).float()  # [B, T]
+    columns = [batch["label"][:, :tasks], torch.where(model.regression, logits, torch.sigmoid(logits))]
+    if groups is not None:
+        columns.append(groups.unsqueeze(1))
+    return torch.cat([c.double() for c in columns], dim=1)
 
 
 def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
@@ -1082,11 +1106,11 @@ class Trainer:
                                       static_graph=True)
         else:
             self.ddp = self.model
-        loader = partial(make_loader, self.store, batch_size=self.args.batch_size, seed=self.args.seed,
-                         rank=ctx.rank, world_size=ctx.world_size, num_workers=self.args.num_workers,
-                         pin_memory=ctx.device.type == "cuda")
-        self.loaders = {"train": loader("train", train=True), "valid": loader("valid", train=False),
-                        "test": loader("test", train=False)}
+        loader = partial(make_loader, self.store, seed=self.args.seed, rank=ctx.rank, world_size=ctx.world_size,
+                         num_workers=self.args.num_workers, pin_memory=ctx.device.type == "cuda")
+        evaluation = eval_batch_size(self.args)
+        self.loaders = {"train": loader("train", self.args.batch_size, train=True),
+                        "valid": loader("valid", evaluation, train=False), "test": loader("test", evaluation, train=False)}
         # A resumed run drops the points its killed predecessor wrote after last.pt's step (the points of that
         # step were written before last.pt was, so they stay)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step + 1 if self.args.resume
@@ -1441,7 +1465,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     inputs, schema = Inputs.of(store.schema, saved.get("drop_fields", ()), saved.get("labels"), device)
     model = build(state["config"], schema, device)
     model.load_state_dict(state["model"])
-    loader = make_loader(store, "test", args.batch_size, train=False, num_workers=args.num_workers)
+    loader = make_loader(store, "test", eval_batch_size(args), train=False, num_workers=args.num_workers)
     metrics, rows = evaluate(model, loader, Ctx(device=device), args.amp, inputs)
     return {"checkpoint": str(path), "split": "test", "rows": rows, **metrics}
 

@@ -6,6 +6,7 @@ Stores are small (a few thousand rows) and carry a planted signal:
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -27,7 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import models
 import train
 from models.base import task_loss
-from conftest import ROOT, make_batch
+from conftest import ROOT, load_rows, make_batch, write_behaviour_store
 from dataset.loader import make_loader
 from dataset.schema import Schema
 from dataset.store import StoreReader, StoreWriter
@@ -237,6 +238,35 @@ def test_the_train_loss_curve_is_the_mean_of_the_eager_step_losses(store: Path, 
         assert value == np.float32(math.fsum(window) / len(window)), step  # TensorBoard keeps float32
 
 
+def test_evaluation_batches_default_to_four_training_batches_and_do_not_change_the_metrics(store: Path):
+    sizes = lambda batch, given=None: train.eval_batch_size(argparse.Namespace(batch_size=batch, eval_batch_size=given))
+    assert (sizes(64), sizes(20_000), sizes(100_000), sizes(64, 7)) == (256, train.EVAL_BATCH_CAP, 100_000, 7)
+    with pytest.raises(train.UsageError, match="--eval_batch_size must be >= 1, got 0"):
+        sizes(64, 0)
+    torch.manual_seed(7)
+    model = models.build_model("DeepFM", StoreReader(store).schema, embed_dim=8, hidden_units=(32,))
+    scored = [train.evaluate(model, make_loader(store, "valid", b, train=False, num_workers=0), train.Ctx())
+              for b in (7, 64, 10_000)]
+    for metrics, rows in scored[1:]:
+        assert rows == scored[0][1] == StoreReader(store).num_rows("valid")
+        assert metrics == pytest.approx(scored[0][0], rel=1e-6)  # float32 rounding differs with the batch shape
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_predict_returns_every_row_with_its_user_once_whatever_the_batch_size(tmp_path: Path):
+    store = write_behaviour_store(tmp_path / "behaviour", n_rows=600)
+    schema = StoreReader(store).schema
+    inputs, _ = train.Inputs.of(schema, (), None, torch.device("cpu"))
+    model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
+    expected = load_rows(store, "test")
+    for batch_size in (16, 1000):
+        loader = make_loader(store, "test", batch_size, train=False, num_workers=0)
+        labels, preds, users = train.predict(model, loader, train.Ctx(), inputs=inputs)
+        assert np.array_equal(users, expected["sparse"][:, inputs.user_column].numpy())
+        assert np.array_equal(labels, expected["label"].double().numpy())
+        assert preds.shape == labels.shape and ((preds > 0) & (preds < 1)).all()
+
+
 # -- DDP --------------------------------------------------------------------------------------------------
 
 DDP_STEPS, DDP_B = 3, 8
@@ -379,6 +409,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(store: 
     (["--gpu_ids", "zero"], "expected comma-separated GPU indices"),
     (["--data", "{tmp}/missing"], "preprocess.py"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--eval_batch_size", "-4"], "--eval_batch_size must be >= 1, got -4"),
     (["--model", "MMoE", "--task_weights", "1", "2", "3"], "--task_weights has 3 values"),
     (["--resume", "{tmp}/nowhere"], "no checkpoint at"),
 ])
