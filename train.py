@@ -71,6 +71,7 @@ LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
 DEFAULT_MODEL = "DeepFM"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
               "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+FUSED_ON_CUDA = ("adam", "adamw", "adagrad", "sgd")  # torch 2.13 has fused CUDA kernels for these, not for rmsprop
 FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "labels", "monitor")  # besides the model and its
 # hyperparameters: they change what the model computes or what best.pt means
 MONITORS = {"auc": "max", "gauc": "max", "logloss": "min", "rmse": "min", "mae": "min"}  # metric -> better when
@@ -452,8 +453,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+def optimizer_impl(name: str, device: torch.device) -> dict[str, bool]:
+    """How --optimizer ``name`` updates the parameters on ``device``: ``fused=True`` (one kernel for the whole
+    update) on CUDA for the optimizers torch has a fused CUDA kernel for (:data:`FUSED_ON_CUDA`), else
+    ``foreach=True`` (each operation over all parameters at once instead of a Python loop over them: the same
+    arithmetic as the loop, up to float rounding)."""
+    return {"fused": True} if device.type == "cuda" and name in FUSED_ON_CUDA else {"foreach": True}
+
+
 def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    return OPTIMIZERS[args.optimizer](param_groups(model, args.weight_decay), lr=args.lr)
+    """--optimizer over ``model``'s parameters (:func:`param_groups`), implemented for their device
+    (:func:`optimizer_impl`)."""
+    device = next(model.parameters()).device
+    return OPTIMIZERS[args.optimizer](param_groups(model, args.weight_decay), lr=args.lr,
+                                      **optimizer_impl(args.optimizer, device))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping ``optimizer``'s own implementation (foreach / fused):
+    ``state`` may come from a run on another device (a CPU checkpoint resumes fused on CUDA, and back)."""
+    impl = {k: optimizer.param_groups[0][k] for k in ("foreach", "fused") if k in optimizer.param_groups[0]}
+    optimizer.load_state_dict({**state, "param_groups": [{**g, **impl} for g in state["param_groups"]]})
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -1126,7 +1146,7 @@ class Trainer:
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.ctx.device)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         saved = dict(state["progress"])
         if "best_auc" in saved:  # a checkpoint written before --monitor: its monitor was valid AUC

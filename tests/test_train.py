@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -164,6 +165,29 @@ def test_weight_decay_skips_biases_norms_and_embedding_tables(schema: Schema):
     assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert sorted(names[id(p)] for p in decay["params"]) == ["dnn.net.0.weight", "dnn.net.3.weight"]
     assert len(decay["params"]) + len(plain["params"]) == len(names)
+
+
+@pytest.mark.parametrize("name", sorted(train.OPTIMIZERS))
+def test_optimizers_run_foreach_on_cpu_like_the_for_loop_and_keep_it_when_loading_a_state(name: str, schema: Schema):
+    args = train.base_parser(False).parse_args(["--optimizer", name, "--lr", "0.01", "--weight_decay", "0.01"])
+
+    def trained(make: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
+        optimizer, loss_fn = make(model), train.make_loss_fn(model, args)
+        for step in range(4):
+            train.train_step(model, make_batch(schema, 16, seed=step), optimizer, loss_fn, train.Ctx())
+        return model, optimizer
+
+    model, optimizer = trained(lambda m: train.make_optimizer(m, args))
+    loop_model, loop_optimizer = trained(lambda m: train.OPTIMIZERS[name](train.param_groups(m, 0.01), lr=0.01,
+                                                                          foreach=False))
+    assert optimizer.param_groups[0]["foreach"] is True and not optimizer.param_groups[0].get("fused")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, loop_model.state_dict()[k], rtol=1e-5, atol=1e-7, msg=k)
+    train.load_optimizer_state(optimizer, loop_optimizer.state_dict())  # e.g. a checkpoint of another device
+    assert optimizer.param_groups[0]["foreach"] is True
+    assert optimizer.state_dict()["state"].keys() == loop_optimizer.state_dict()["state"].keys()
 
 
 def test_model_flags_come_from_the_constructor_signature():
