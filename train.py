@@ -159,6 +159,9 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     hw.add_argument("--gpu_ids", default="", help="comma-separated CUDA ids, e.g. 0,1,2,3 (empty: CPU)")
     hw.add_argument("--cpu_procs", type=int, default=1, help="DDP over this many CPU processes (gloo)")
     hw.add_argument("--num_workers", type=int, default=2, help="loader worker processes per training process")
+    hw.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (default mode): minutes of compiling first, then faster steps; "
+                         "needs a C++ compiler on CPU, Triton on CUDA")
     log = p.add_argument_group("logging and checkpoints")
     log.add_argument("--log_every", type=int, default=100, help="steps between train/* TensorBoard points")
     log.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: per epoch only)")
@@ -318,6 +321,35 @@ def apply_saved(args: argparse.Namespace, hparams: dict[str, Any], saved: dict[s
     merged = {k: (v if k in cli or k not in saved["train"] else saved["train"][k]) for k, v in vars(args).items()}
     merged["task_weights"] = _plain(merged["task_weights"])
     return argparse.Namespace(**merged), saved_hp
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile's default backend (Inductor) cannot compile for ``device`` on this machine, or None.
+    Inductor generates C++ for CPU, built by the first working compiler of ``torch._inductor.config.cpp.cxx``
+    ($CXX, else g++), and Triton kernels for CUDA."""
+    try:
+        if device.type == "cuda":
+            from torch.utils._triton import has_triton
+            return None if has_triton() else "Triton, which compiles its CUDA kernels, is not installed"
+        from torch._inductor import config as inductor_config
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        tried = [c for c in inductor_config.cpp.cxx if c]
+    except ImportError as e:
+        return f"this torch lacks part of it ({e})"
+    try:
+        get_cpp_compiler()
+    except Exception:  # torch._inductor.exc.InvalidCxxCompiler
+        return (f"it builds C++ for CPU, and no C++ compiler runs here (tried {', '.join(tried)}): install g++ "
+                f"or point $CXX at one")
+    return None
+
+
+def check_compile(args: argparse.Namespace, devices: Sequence[torch.device]) -> None:
+    """--compile where torch.compile cannot work: one line saying why, before anything starts."""
+    problem = compile_problem(devices[0]) if args.compile else None
+    if problem:
+        raise UsageError(f"--compile: torch.compile cannot compile for {devices[0].type.upper()} here: {problem}; "
+                         f"drop --compile to train eagerly")
 
 
 def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
@@ -1121,11 +1153,14 @@ class Trainer:
         self.progress = Progress()
         if self.args.resume:
             self.restore(self.run_dir / "last.pt")
+        # What runs the batches: the model, compiled with --compile (it shares the model's parameters), for
+        # training wrapped by DDP
+        self.net: nn.Module = torch.compile(self.model) if self.args.compile else self.model
         if ctx.world_size > 1:  # DDP; static_graph: models may leave parameters unused (e.g. the linear term)
-            self.ddp: nn.Module = DDP(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+            self.ddp: nn.Module = DDP(self.net, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
                                       static_graph=True)
         else:
-            self.ddp = self.model
+            self.ddp = self.net
         loader = partial(make_loader, self.store, seed=self.args.seed, rank=ctx.rank, world_size=ctx.world_size,
                          num_workers=self.args.num_workers, pin_memory=ctx.device.type == "cuda")
         evaluation = eval_batch_size(self.args)
@@ -1301,7 +1336,7 @@ class Trainer:
         self.sync()  # before the clock starts: the device finishes the window's steps first
         started = self.clock()
         try:
-            metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp, self.inputs)
+            metrics, _ = evaluate(self.net, self.loaders["valid"], self.ctx, self.args.amp, self.inputs)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e} at step {p.global_step}. Lower --lr, raise --embed_l2 or check the "
                                      f"data") from None
@@ -1325,7 +1360,7 @@ class Trainer:
         if self.ctx.world_size > 1:
             dist.barrier()  # rank 0 has written best.pt
         self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt", self.ctx.device)["model"])
-        metrics, rows = evaluate(self.model, self.loaders["test"], self.ctx, self.args.amp, self.inputs)
+        metrics, rows = evaluate(self.net, self.loaders["test"], self.ctx, self.args.amp, self.inputs)
         p = self.progress
         result = {"model": self.config["model"], "stop_reason": p.stop_reason, "epochs": p.epoch,
                   "global_step": p.global_step, "best_epoch": p.best_epoch, "best_step": p.best_step,
@@ -1497,6 +1532,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(evaluate_checkpoint(args), indent=2))
             return 0
         devices = plan_devices(args)
+        check_compile(args, devices)
         world = int(os.environ["WORLD_SIZE"]) if torchrun_env() else len(devices)
         config = resolve_config(args, hparams, world)
         launcher = not torchrun_env() or os.environ["RANK"] == "0"

@@ -458,6 +458,42 @@ def test_resume_refuses_another_model_or_store(deepfm_run: Path, tmp_path: Path,
     assert code == 2 and f"--resume {deepfm_run}" in err
 
 
+# -- torch.compile ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # compiling DeepFM's training and evaluation graphs takes a minute or more on 2 CPU cores
+def test_compiled_deepfm_trains_and_scores_like_the_eager_one(store: Path, tmp_path: Path):
+    from torch._dynamo.utils import counters
+    flags = [*DEEPFM, "--data", str(store), "--max_steps", "6", "--log_every", "1", "--dropout", "0"]
+    torch._dynamo.reset()
+    try:
+        for name, extra in (("eager", []), ("compiled", ["--compile"])):
+            counters.clear()
+            assert train.main([*flags, *extra, "--model_save_dir", str(tmp_path / name)]) == 0
+            assert (counters["stats"]["unique_graphs"] > 0) == (name == "compiled")  # Dynamo captured the model
+    finally:
+        torch._dynamo.reset()
+    eager, compiled = train_curve(tmp_path / "eager"), train_curve(tmp_path / "compiled")
+    assert [s for s, _ in compiled] == [s for s, _ in eager] == list(range(1, 7))
+    assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-5)
+    for split in ("valid", "test"):
+        assert read_metrics(tmp_path / "compiled")[split] == pytest.approx(read_metrics(tmp_path / "eager")[split],
+                                                                          rel=1e-5)
+
+
+def test_compile_without_a_working_cpp_compiler_is_one_line_before_the_run_starts(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    from torch._inductor import config as inductor_config
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    code, err = run_main([*DEEPFM, "--data", store, "--compile", "--model_save_dir", tmp_path / "run"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == (f"train.py: error: --compile: torch.compile cannot compile for CPU here: it builds C++ for "
+                        f"CPU, and no C++ compiler runs here (tried {tmp_path / 'no-such-g++'}): install g++ or "
+                        f"point $CXX at one; drop --compile to train eagerly")
+    assert not (tmp_path / "run").exists()
+
+
 # -- multi-task ---------------------------------------------------------------------------------------------
 
 
