@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -409,10 +410,12 @@ def test_sigkilled_run_resumes_to_the_same_final_metrics(store: Path, tmp_path: 
 
 
 def train_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """The train/loss points of a run dir (of a resumed run: those written after the resume win)."""
+    """The train/loss points of a run dir by step (of a resumed run: those its killed predecessor wrote after
+    last.pt's step are purged). By step: the event files of a run resumed within the second it was killed
+    sort by pid, not by time."""
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    return [(e.step, e.value) for e in events.Scalars("train/loss")]
+    return sorted((e.step, e.value) for e in events.Scalars("train/loss"))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(store: Path, tmp_path: Path,
@@ -492,6 +495,88 @@ def test_compile_without_a_working_cpp_compiler_is_one_line_before_the_run_start
                         f"CPU, and no C++ compiler runs here (tried {tmp_path / 'no-such-g++'}): install g++ or "
                         f"point $CXX at one; drop --compile to train eagerly")
     assert not (tmp_path / "run").exists()
+
+
+# -- CUDA (skipped without a GPU; ../shared/gpu/check.sh runs the tests marked cuda) ---------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def host_syncs(fn: Callable[[], object]) -> list[str]:
+    """The synchronizing CUDA calls (the host waits for the device) that ``fn()`` makes, by torch's sync debug
+    mode."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("name", sorted(train.OPTIMIZERS))
+def test_cuda_training_steps_never_wait_for_the_device(name: str, schema: Schema):
+    device = torch.device("cuda", 0)
+    args = train.base_parser(False).parse_args(["--optimizer", name, "--embed_l2", "0.01", "--weight_decay", "0.01"])
+    batches = [train.to_device(make_batch(schema, 64, seed=s), device) for s in range(8)]
+
+    def trained(make: Callable[[torch.nn.Module], torch.optim.Optimizer]):
+        torch.manual_seed(0)
+        model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,)).to(device)
+        optimizer, loss_fn, window = make(model), train.make_loss_fn(model, args), train.LossWindow(device)
+
+        def steps(first: int, last: int) -> None:
+            for step in range(first, last + 1):
+                loss = train.train_step(model, batches[step - 1], optimizer, loss_fn, train.Ctx(device=device))
+                window.add(loss, step, rows=64)
+        steps(1, 2)  # the first step creates the optimizer's state
+        return model, optimizer, window, host_syncs(lambda: steps(3, 8))
+
+    model, optimizer, window, syncs = trained(lambda m: train.make_optimizer(m, args))
+    assert syncs == []
+    assert optimizer.param_groups[0].get("fused", False) == (name in train.FUSED_ON_CUDA)
+    report = window.read(train.Ctx(device=device))
+    assert report.steps == 8 and report.bad_step == 0 and math.isfinite(report.loss)
+    twin, *_ = trained(lambda m: train.OPTIMIZERS[name](train.param_groups(m, 0.01), lr=1e-3, foreach=True))
+    for k, v in model.state_dict().items():  # fused: the same update as foreach, up to float rounding
+        torch.testing.assert_close(v, twin.state_dict()[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_evaluation_copies_to_the_host_once_per_split(store: Path):
+    device = torch.device("cuda", 0)
+    model = models.build_model("DeepFM", StoreReader(store).schema, embed_dim=8, hidden_units=(32,)).to(device)
+    loader = make_loader(store, "valid", 16, train=False, num_workers=0)  # 200 rows: 13 batches
+    assert len(host_syncs(lambda: train.predict(model, loader, train.Ctx(device=device)))) == 1
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_runs_stop_on_nan_resume_a_cpu_run_and_compile_like_eager(store: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture):
+    gpu = ["--data", store, "--gpu_ids", "0"]
+    code, err = run_main([*DEEPFM, *gpu, "--lr", "1e30", "--ckpt_every", "1", "--model_save_dir", tmp_path / "nan"],
+                         capsys)
+    assert code == 1 and ("loss is nan at step 2" in err or "loss is inf at step 2" in err), err
+    assert train.load_checkpoint(tmp_path / "nan" / "last.pt")["progress"]["global_step"] == 1
+
+    assert run_main([*DEEPFM, "--data", store, "--max_steps", "4", "--model_save_dir", tmp_path / "cpu"])[0] == 0
+    assert run_main(["--resume", tmp_path / "cpu", "--gpu_ids", "0", "--max_steps", "8"])[0] == 0
+    last = train.load_checkpoint(tmp_path / "cpu" / "last.pt")
+    assert last["progress"]["global_step"] == 8 and last["optimizer"]["param_groups"][0]["fused"] is True
+
+    flags = [*DEEPFM, *gpu, "--max_steps", "6", "--log_every", "1", "--dropout", "0"]
+    try:
+        for name, extra in (("eager", []), ("compiled", ["--compile"])):
+            assert run_main([*flags, *extra, "--model_save_dir", tmp_path / name])[0] == 0
+    finally:
+        torch._dynamo.reset()
+    eager, compiled = train_curve(tmp_path / "eager"), train_curve(tmp_path / "compiled")
+    assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-4)
 
 
 # -- multi-task ---------------------------------------------------------------------------------------------
