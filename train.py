@@ -18,6 +18,11 @@ writes into it: config.json, TensorBoard events, last.pt, best.pt (both with a s
 metrics.json. A flag given with --resume overrides the saved one, except the model, its
 hyperparameters, --batch_size and --seed, which cannot change. Epochs are numbered from 1 wherever a
 person reads them (progress bar, log lines, metrics.json's best_epoch).
+
+A training step never makes the host wait for the device: the loss stays on the device until a boundary
+(every --log_every, --eval_every and --ckpt_every steps, the end of an epoch or of the run). A NaN/inf
+loss stops the run at the next boundary, on every rank, naming its step; the weights of the steps in
+between are never saved (last.pt and best.pt stay those written before that step).
 """
 from __future__ import annotations
 
@@ -669,8 +674,9 @@ def check_finite(report: WindowReport, step: int) -> None:
     """Raise :class:`NonFiniteLossError` naming the first step whose training loss was NaN/inf, if any (checked
     at ``step``, a boundary: nothing has been written from the weights of the steps since)."""
     if report.bad_step:
-        found = f" (found at step {step}; no step from {report.bad_step} on was saved)" if step > report.bad_step else ""
-        raise NonFiniteLossError(f"the training loss is {report.bad_loss} at step {report.bad_step}{found}. "
+        bad = report.bad_step
+        found = f" (found at step {step}; no step from {bad} on was saved)" if step > bad else ""
+        raise NonFiniteLossError(f"the training loss is {report.bad_loss} at step {bad}{found}. "
                                  f"Lower --lr, raise --embed_l2 or check the data")
 
 
@@ -1133,7 +1139,12 @@ def hparam_value(v: Any) -> int | float | str | bool:
 
 
 class Trainer:
-    """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics."""
+    """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics.
+
+    Steps run without host synchronization; :meth:`sync` at each boundary is where the host waits, every
+    rank at the same step. A NaN/inf loss at step k leaves NaN/inf weights in memory for the steps up to the
+    next boundary; that boundary raises :class:`NonFiniteLossError` naming k before anything is logged,
+    evaluated or saved, so the checkpoints on disk stay those written before step k."""
 
     clock = staticmethod(time.monotonic)  # times the train/samples_per_s windows (tests replace it)
 
@@ -1165,7 +1176,7 @@ class Trainer:
                          num_workers=self.args.num_workers, pin_memory=ctx.device.type == "cuda")
         evaluation = eval_batch_size(self.args)
         self.loaders = {"train": loader("train", self.args.batch_size, train=True),
-                        "valid": loader("valid", evaluation, train=False), "test": loader("test", evaluation, train=False)}
+                        **{split: loader(split, evaluation, train=False) for split in ("valid", "test")}}
         # A resumed run drops the points its killed predecessor wrote after last.pt's step (the points of that
         # step were written before last.pt was, so they stay)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step + 1 if self.args.resume

@@ -172,7 +172,7 @@ def test_weight_decay_skips_biases_norms_and_embedding_tables(schema: Schema):
 def test_optimizers_run_foreach_on_cpu_like_the_for_loop_and_keep_it_when_loading_a_state(name: str, schema: Schema):
     args = train.base_parser(False).parse_args(["--optimizer", name, "--lr", "0.01", "--weight_decay", "0.01"])
 
-    def trained(make: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def trained(make: Callable[[torch.nn.Module], torch.optim.Optimizer]):
         torch.manual_seed(0)
         model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
         optimizer, loss_fn = make(model), train.make_loss_fn(model, args)
