@@ -18,6 +18,11 @@ writes into it: config.json, TensorBoard events, last.pt, best.pt (both with a s
 metrics.json. A flag given with --resume overrides the saved one, except the model, its
 hyperparameters, --batch_size and --seed, which cannot change. Epochs are numbered from 1 wherever a
 person reads them (progress bar, log lines, metrics.json's best_epoch).
+
+A training step never makes the host wait for the device: the loss stays on the device until a boundary
+(every --log_every, --eval_every and --ckpt_every steps, the end of an epoch or of the run). A NaN/inf
+loss stops the run at the next boundary, on every rank, naming its step; the weights of the steps in
+between are never saved (last.pt and best.pt stay those written before that step).
 """
 from __future__ import annotations
 
@@ -72,11 +77,13 @@ LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
 DEFAULT_MODEL = "DeepFM"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
               "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+FUSED_ON_CUDA = ("adam", "adamw", "adagrad", "sgd")  # torch 2.13 has fused CUDA kernels for these, not for rmsprop
 FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "labels", "monitor")  # besides the model and its
 # hyperparameters: they change what the model computes or what best.pt means
 MONITORS = {"auc": "max", "gauc": "max", "logloss": "min", "rmse": "min", "mae": "min"}  # metric -> better when
 FROM_COMMAND_LINE = ("resume", "eval_only")  # never taken from a saved config
 HARDWARE = ("gpu_ids", "cpu_procs", "num_workers", "amp")  # --eval_only takes these from the command line too
+EVAL_BATCH_CAP = 65536  # the largest default --eval_batch_size
 
 
 class UsageError(Exception):
@@ -127,6 +134,10 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=10)
     opt.add_argument("--batch_size", type=int, default=4096, help="rows per step and process")
+    opt.add_argument("--eval_batch_size", type=int, default=None,
+                     help=f"rows per evaluation batch and process (default: 4 x --batch_size, at most "
+                          f"{EVAL_BATCH_CAP} unless --batch_size is larger): evaluation keeps no activations "
+                          f"for a backward pass")
     opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     opt.add_argument("--lr", type=float, default=1e-3)
     opt.add_argument("--weight_decay", type=float, default=0.0,
@@ -158,11 +169,16 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
                     help="resident: every split loaded once onto the device, batches gathered there; chunks: "
                          "streamed from the store by --num_workers workers; auto: resident when the splits fit "
                          "in half the device's free memory (fixed for a run: --resume keeps it)")
+    hw.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (default mode): minutes of compiling first, then faster steps; "
+                         "needs a C++ compiler on CPU, Triton on CUDA")
     log = p.add_argument_group("logging and checkpoints")
     log.add_argument("--log_every", type=int, default=100, help="steps between train/* TensorBoard points")
     log.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: per epoch only)")
     log.add_argument("--ckpt_every", type=int, default=0, help="write last.pt every N steps (0: off)")
-    log.add_argument("--ckpt_minutes", type=float, default=10.0, help="write last.pt at least this often")
+    log.add_argument("--ckpt_minutes", type=float, default=10.0,
+                     help="write last.pt once this many minutes have passed since the last one (checked every "
+                          "--log_every, --eval_every and --ckpt_every steps)")
     return p
 
 
@@ -317,6 +333,35 @@ def apply_saved(args: argparse.Namespace, hparams: dict[str, Any], saved: dict[s
     return argparse.Namespace(**merged), saved_hp
 
 
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile's default backend (Inductor) cannot compile for ``device`` on this machine, or None.
+    Inductor generates C++ for CPU, built by the first working compiler of ``torch._inductor.config.cpp.cxx``
+    ($CXX, else g++), and Triton kernels for CUDA."""
+    try:
+        if device.type == "cuda":
+            from torch.utils._triton import has_triton
+            return None if has_triton() else "Triton, which compiles its CUDA kernels, is not installed"
+        from torch._inductor import config as inductor_config
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        tried = [c for c in inductor_config.cpp.cxx if c]
+    except ImportError as e:
+        return f"this torch lacks part of it ({e})"
+    try:
+        get_cpp_compiler()
+    except Exception:  # torch._inductor.exc.InvalidCxxCompiler
+        return (f"it builds C++ for CPU, and no C++ compiler runs here (tried {', '.join(tried)}): install g++ "
+                f"or point $CXX at one")
+    return None
+
+
+def check_compile(args: argparse.Namespace, devices: Sequence[torch.device]) -> None:
+    """--compile where torch.compile cannot work: one line saying why, before anything starts."""
+    problem = compile_problem(devices[0]) if args.compile else None
+    if problem:
+        raise UsageError(f"--compile: torch.compile cannot compile for {devices[0].type.upper()} here: {problem}; "
+                         f"drop --compile to train eagerly")
+
+
 def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
     """Ranges of the numeric flags; a NaN or infinite float is refused everywhere, the model's too."""
     positive = ("epochs", "batch_size", "patience", "log_every", "cpu_procs")
@@ -327,6 +372,7 @@ def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
     for k in non_negative:
         if getattr(args, k) < 0:
             raise UsageError(f"--{k} must be >= 0, got {getattr(args, k)}")
+    eval_batch_size(args)  # checks --eval_batch_size
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
     for k in ("weight_decay", "embed_l2", "min_lr", "ckpt_minutes"):
@@ -417,15 +463,6 @@ def init_process(rank: int, world_size: int, device: torch.device) -> Ctx:
     return Ctx(rank, world_size, device)
 
 
-def mean_over_ranks(x: torch.Tensor, ctx: Ctx) -> float:
-    """Mean of a scalar over all ranks (DDP: one all_reduce)."""
-    if ctx.world_size > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-        x = x / ctx.world_size
-    return float(x)
-
-
 def gather_rows(x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
     """Every rank's rows ``[n_r, ...]`` concatenated in rank order -> ``[sum_r n_r, ...]`` on every rank.
     Ranks may hold different ``n_r``: rows are padded to the largest, all-gathered, then trimmed."""
@@ -458,8 +495,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+def optimizer_impl(name: str, device: torch.device) -> dict[str, bool]:
+    """How --optimizer ``name`` updates the parameters on ``device``: ``fused=True`` (one kernel for the whole
+    update) on CUDA for the optimizers torch has a fused CUDA kernel for (:data:`FUSED_ON_CUDA`), else
+    ``foreach=True`` (each operation over all parameters at once instead of a Python loop over them: the same
+    arithmetic as the loop, up to float rounding)."""
+    return {"fused": True} if device.type == "cuda" and name in FUSED_ON_CUDA else {"foreach": True}
+
+
 def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    return OPTIMIZERS[args.optimizer](param_groups(model, args.weight_decay), lr=args.lr)
+    """--optimizer over ``model``'s parameters (:func:`param_groups`), implemented for their device
+    (:func:`optimizer_impl`)."""
+    device = next(model.parameters()).device
+    return OPTIMIZERS[args.optimizer](param_groups(model, args.weight_decay), lr=args.lr,
+                                      **optimizer_impl(args.optimizer, device))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping ``optimizer``'s own implementation (foreach / fused):
+    ``state`` may come from a run on another device (a CPU checkpoint resumes fused on CUDA, and back)."""
+    impl = {k: optimizer.param_groups[0][k] for k in ("foreach", "fused") if k in optimizer.param_groups[0]}
+    optimizer.load_state_dict({**state, "param_groups": [{**g, **impl} for g in state["param_groups"]]})
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -519,60 +575,152 @@ class Inputs:
         return {k: v.index_select(1, self.columns[k]) if k in self.columns else v for k, v in batch.items()}
 
 
+def eval_batch_size(args: argparse.Namespace) -> int:
+    """Rows per evaluation batch: --eval_batch_size, else 4 x --batch_size capped at :data:`EVAL_BATCH_CAP`
+    (never below --batch_size). A config saved before the flag existed gets the default."""
+    given = getattr(args, "eval_batch_size", None)
+    if given is None:
+        return max(args.batch_size, min(4 * args.batch_size, EVAL_BATCH_CAP))
+    if given < 1:
+        raise UsageError(f"--eval_batch_size must be >= 1, got {given}")
+    return given
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, loss_fn: LossFn, ctx: Ctx,
-               *, amp: bool = False, step: int = 0) -> float:
+               *, amp: bool = False) -> torch.Tensor:
     """One optimizer step of ``model`` (DDP-wrapped when ``ctx.world_size > 1``) on this rank's batch.
 
-    Returns the loss averaged over ranks. Raises :class:`NonFiniteLossError` naming ``step`` before any
-    update if that loss is NaN or inf (every rank sees the same averaged value, so all stop together).
+    Returns this rank's loss, detached, as a 0-dim float32 tensor on the device: the host never waits for
+    the device here. The step is taken whatever the loss is, so a NaN/inf loss leaves NaN/inf weights in
+    memory; the caller records the loss in a :class:`LossWindow` and checks it (:meth:`LossWindow.read`,
+    :func:`check_finite`) before it writes anything from those weights.
     """
     model.train()
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(batch)  # [B, T]
     loss = loss_fn(batch, logits.float())
-    value = mean_over_ranks(loss.detach(), ctx)
-    if not math.isfinite(value):
-        raise NonFiniteLossError(f"the training loss is {value} at step {step}; no update was made. Lower --lr, "
-                                 f"raise --embed_l2 or check the data")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients are averaged over ranks here
     optimizer.step()
-    return value
+    return loss.detach()
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """A :class:`LossWindow` read at a boundary, over every rank: ``loss`` is the mean of the window's step
+    losses (each rank's loss of each step counts once: the mean over ranks of the per-step means); ``rows``
+    their rows summed over ranks; ``bad_step`` the first step since the start of the run (this process)
+    whose loss was NaN/inf on any rank (0: none) and ``bad_loss`` that loss (summed over the ranks where it
+    was NaN/inf at that step: NaN or +-inf, as the mean over ranks would be); ``since_save`` rank 0's
+    seconds since it last wrote last.pt."""
+
+    loss: float
+    steps: int
+    rows: int
+    bad_step: int
+    bad_loss: float
+    since_save: float
+
+
+class LossWindow:
+    """The training loss of the steps since the last train/* point, accumulated on the device.
+
+    :meth:`add` is a few tiny device ops per step and never synchronizes the host with the device: the loss
+    sum stays a float64 device tensor, the first step whose loss was NaN/inf stays a 0-dim int64 device tensor
+    (0: none). Row and step counts are host integers (batch shapes are known without the device). :meth:`read`
+    is the synchronization of a boundary: one collective over the ranks (DDP) and one device->host copy.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # never reset: the run stops on it
+        self.bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new window (the NaN/inf record stays)."""
+        self.total = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.steps, self.rows = 0, 0
+
+    def add(self, loss: torch.Tensor, step: int, rows: int) -> None:
+        """Count ``loss`` (0-dim, on the device) of global step ``step``, on ``rows`` rows of this rank."""
+        loss = loss.detach().double()
+        self.total += loss
+        new = ~torch.isfinite(loss) & (self.first_bad == 0)
+        self.first_bad = torch.where(new, step, self.first_bad)
+        self.bad_loss = torch.where(new, loss, self.bad_loss)
+        self.steps += 1
+        self.rows += rows
+
+    def read(self, ctx: Ctx, since_save: float = 0.0) -> WindowReport:
+        """The window over every rank (every rank calls this at the same step); ``since_save``: this rank's
+        seconds since it wrote last.pt (rank 0's is reported)."""
+        host = torch.tensor([self.rows, since_save], dtype=torch.float64).to(self.device)
+        mine = torch.cat([torch.stack([self.total, self.first_bad.double(), self.bad_loss]), host])  # [5]
+        parts = [mine]
+        if ctx.world_size > 1:
+            parts = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+            dist.all_gather(parts, mine)
+        table = torch.stack(parts).cpu().tolist()  # [ranks, 5]: the one device->host copy
+        total = sum(r[0] for r in table)
+        bad = [int(r[1]) for r in table if r[1] > 0]
+        step = min(bad, default=0)
+        return WindowReport(loss=total / (self.steps * ctx.world_size) if self.steps else math.nan,
+                            steps=self.steps, rows=int(sum(r[3] for r in table)), bad_step=step,
+                            bad_loss=sum((r[2] for r in table if step and int(r[1]) == step), 0.0),
+                            since_save=table[0][4])
+
+
+def check_finite(report: WindowReport, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first step whose training loss was NaN/inf, if any (checked
+    at ``step``, a boundary: nothing has been written from the weights of the steps since)."""
+    if report.bad_step:
+        bad = report.bad_step
+        found = f" (found at step {step}; no step from {bad} on was saved)" if step > bad else ""
+        raise NonFiniteLossError(f"the training loss is {report.bad_loss} at step {bad}{found}. "
+                                 f"Lower --lr, raise --embed_l2 or check the data")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Evaluation: predictions of every rank gathered, metrics computed once on the whole split.
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model: nn.Module, loader: CTRLoader, ctx: Ctx, amp: bool = False,
             inputs: Inputs | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """-> labels [N, T], predictions [N, T] (probabilities for binary tasks, values for regression tasks) and
     the user id of every row [N] (None without a user field) of the whole split: every rank's rows, on every
-    rank."""
+    rank. Per-batch outputs stay on the device; at the end they are concatenated, gathered over the ranks
+    and copied to the host once."""
     model.eval()
     inputs = inputs or Inputs()
     tasks = model.num_tasks
     with torch.random.fork_rng(devices=[]):  # a loader's iterator may draw seeds: keep the training stream
         batches = iter(loader)
-    labels, preds = [torch.empty(0, tasks, device=ctx.device)], [torch.empty(0, tasks, device=ctx.device)]
-    groups = [torch.empty(0, dtype=torch.long, device=ctx.device)]
+    width = 2 * tasks + (inputs.user_column is not None)
+    rows = [torch.empty(0, width, dtype=torch.float64, device=ctx.device)]  # [B, labels | predictions | user]
     for batch in batches:
-        batch = to_device(batch, ctx.device)
-        if inputs.user_column is not None:
-            groups.append(inputs.groups(batch))
-        batch = inputs.select(batch)
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch).float()  # [B, T]
-        preds.append(torch.where(model.regression, logits, torch.sigmoid(logits)))
-        labels.append(batch["label"][:, :tasks])
-    labels_, preds_ = (gather_rows(torch.cat(t), ctx).cpu().double().numpy() for t in (labels, preds))
-    groups_ = gather_rows(torch.cat(groups), ctx).cpu().numpy() if inputs.user_column is not None else None
-    return labels_, preds_, groups_
+        rows.append(predict_batch(model, to_device(batch, ctx.device), tasks, amp, inputs))
+    table = gather_rows(torch.cat(rows), ctx).cpu().numpy()  # [N, width]: the one device->host copy
+    groups = table[:, 2 * tasks].astype(np.int64) if inputs.user_column is not None else None
+    return table[:, :tasks], table[:, tasks:2 * tasks], groups
+
+
+def predict_batch(model: nn.Module, batch: Batch, tasks: int, amp: bool, inputs: Inputs) -> torch.Tensor:
+    """One store batch (on the device) -> [B, 2T (+1)] float64: its labels, the model's predictions and, with a
+    user field, the user id (float64 holds ids below 2^53 exactly)."""
+    groups = inputs.groups(batch)  # [B] or None
+    batch = inputs.select(batch)
+    with torch.autocast(batch["label"].device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(batch).float()  # [B, T]
+    columns = [batch["label"][:, :tasks], torch.where(model.regression, logits, torch.sigmoid(logits))]
+    if groups is not None:
+        columns.append(groups.unsqueeze(1))
+    return torch.cat([c.double() for c in columns], dim=1)
 
 
 def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
@@ -798,7 +946,8 @@ def remove_leftovers(run_dir: Path) -> None:
 
 
 def weights_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Whether every parameter of ``model`` is finite (one device->host copy)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1026,15 +1175,16 @@ def make_loaders(store: StoreReader, args: argparse.Namespace, ctx: Ctx) -> dict
         if votes.sum() != 0:
             raise UsageError("the ranks chose different data paths (--data_path auto: some devices have room for "
                              "the resident splits, others not); pass --data_path chunks or --data_path resident")
-    common = {"batch_size": args.batch_size, "seed": args.seed, "rank": ctx.rank, "world_size": ctx.world_size}
+    common = {"seed": args.seed, "rank": ctx.rank, "world_size": ctx.world_size}
     if resident:
         loader = partial(make_resident_loader, store, device=ctx.device, **common)
     else:
         loader = partial(make_loader, store, num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda",
                          **common)
+    evaluation = eval_batch_size(args)
     try:  # the resident path reads (and verifies) every chunk here
-        return {"train": loader("train", train=True), "valid": loader("valid", train=False),
-                "test": loader("test", train=False)}
+        return {"train": loader("train", args.batch_size, train=True),
+                **{split: loader(split, evaluation, train=False) for split in ("valid", "test")}}
     except StoreCorruptError as e:
         raise RunFailed(str(e)) from None
     except torch.OutOfMemoryError:
@@ -1043,7 +1193,12 @@ def make_loaders(store: StoreReader, args: argparse.Namespace, ctx: Ctx) -> dict
 
 
 class Trainer:
-    """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics."""
+    """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics.
+
+    Steps run without host synchronization; :meth:`sync` at each boundary is where the host waits, every
+    rank at the same step. A NaN/inf loss at step k leaves NaN/inf weights in memory for the steps up to the
+    next boundary; that boundary raises :class:`NonFiniteLossError` naming k before anything is logged,
+    evaluated or saved, so the checkpoints on disk stay those written before step k."""
 
     clock = staticmethod(time.monotonic)  # times the train/samples_per_s windows (tests replace it)
 
@@ -1063,25 +1218,31 @@ class Trainer:
         self.progress = Progress()
         if self.args.resume:
             self.restore(self.run_dir / "last.pt")
+        # What runs the batches: the model, compiled with --compile (it shares the model's parameters), for
+        # training wrapped by DDP
+        self.net: nn.Module = torch.compile(self.model) if self.args.compile else self.model
         if ctx.world_size > 1:  # DDP; static_graph: models may leave parameters unused (e.g. the linear term)
-            self.ddp: nn.Module = DDP(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+            self.ddp: nn.Module = DDP(self.net, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
                                       static_graph=True)
         else:
-            self.ddp = self.model
+            self.ddp = self.net
         self.loaders = make_loaders(self.store, self.args, ctx)
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step if self.args.resume
+        # A resumed run drops the points its killed predecessor wrote after last.pt's step (the points of that
+        # step were written before last.pt was, so they stay)
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step + 1 if self.args.resume
                                     else None) if ctx.master else None
-        self.window: list[float] = []  # losses of the steps since the last train/* point
-        self.window_rows = 0  # rows of those steps on this rank
+        self.window = LossWindow(ctx.device)  # the steps since the last train/* point
         self.window_start = self.clock()
         self.last_save = time.monotonic()
+        self.synced: tuple[int, WindowReport] | None = None  # the last boundary's step and report
+        self.bar: tqdm | None = None  # the epoch's progress bar (its postfix shows the window's loss)
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.ctx.device)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         saved = dict(state["progress"])
         if "best_auc" in saved:  # a checkpoint written before --monitor: its monitor was valid AUC
@@ -1099,7 +1260,9 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Rank 0 writes ``name`` (last.pt: the full training state; best.pt: weights, config, progress).
-        Non-finite weights are never written: the previous file stays."""
+        Called by every rank at the same step (a boundary, :meth:`sync`). Weights that a NaN/inf loss touched,
+        or that are NaN/inf, are never written: the previous file stays."""
+        self.sync()
         if not self.ctx.master:
             return
         if not weights_finite(self.model):
@@ -1115,9 +1278,25 @@ class Trainer:
         except RunFailed as e:  # a full disk
             raise RunFailed(f"{e}; free some space, then {resume_advice(self.run_dir)}") from None
 
-    def checkpoint_due(self) -> bool:
+    def checkpoint_due(self, report: WindowReport) -> bool:
+        """Whether last.pt is due at this boundary: every --ckpt_every steps, or --ckpt_minutes after the last
+        one by rank 0's clock (``report``: every rank decides the same)."""
         every = self.args.ckpt_every and self.progress.global_step % self.args.ckpt_every == 0
-        return bool(every) or time.monotonic() - self.last_save >= 60 * self.args.ckpt_minutes
+        return bool(every) or report.since_save >= 60 * self.args.ckpt_minutes
+
+    # -- boundaries: the only places where the host waits for the device ----------------------------
+
+    def sync(self) -> WindowReport:
+        """The synchronization of a boundary (a train/* point, an evaluation, a checkpoint, the end of an epoch
+        or of the run), made by every rank at the same step: reads the loss window (:meth:`LossWindow.read`)
+        and raises :class:`NonFiniteLossError` naming the first step whose loss was NaN/inf on any rank, so
+        that all ranks stop at the same boundary and nothing is saved from weights such a step touched. Once
+        per step: later calls at the same step return the first one's report."""
+        step = self.progress.global_step
+        if self.synced is None or self.synced[0] != step:
+            self.synced = step, self.window.read(self.ctx, since_save=time.monotonic() - self.last_save)
+        check_finite(self.synced[1], step)
+        return self.synced[1]
 
     # -- logging --------------------------------------------------------------------------------------
 
@@ -1134,19 +1313,20 @@ class Trainer:
         """train/* points for the steps since the last ones (every --log_every steps and at the end of each
         epoch): mean loss, LR, and samples/s = every rank's rows over the window's time, evaluations
         excluded. Called by every rank at the same steps (the row count is summed over ranks)."""
-        if not self.window:
+        if not self.window.steps:
             return
-        rows = torch.tensor([self.window_rows], device=self.ctx.device)
-        if self.ctx.world_size > 1:
-            dist.all_reduce(rows)
+        report = self.sync()  # first: the window's time ends when the device has done its steps
         seconds = max(self.clock() - self.window_start, 1e-9)
         if self.writer:
             step = self.progress.global_step
-            self.writer.add_scalar("train/loss", sum(self.window) / len(self.window), step)
+            self.writer.add_scalar("train/loss", report.loss, step)
             self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
-            self.writer.add_scalar("train/samples_per_s", int(rows) / seconds, step)
+            self.writer.add_scalar("train/samples_per_s", report.rows / seconds, step)
             self.writer.flush()
-        self.window, self.window_rows, self.window_start = [], 0, self.clock()
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{report.loss:.4f}", refresh=False)
+        self.window.reset()
+        self.window_start = self.clock()
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -1173,17 +1353,16 @@ class Trainer:
             batches = iter(loader)
         self.window_start = self.clock()
         with tqdm(batches, total=len(loader), initial=p.step_in_epoch, desc=f"epoch {p.epoch + 1}/{self.args.epochs}",
-                  disable=not self.ctx.master, leave=False, dynamic_ncols=True) as bar:
-            for batch in bar:
+                  disable=not self.ctx.master, leave=False, dynamic_ncols=True) as self.bar:
+            for batch in self.bar:
                 loss = train_step(self.ddp, self.inputs.select(to_device(batch, self.ctx.device)), self.optimizer,
-                                  self.loss_fn,
-                                  self.ctx, amp=self.args.amp, step=p.global_step + 1)
+                                  self.loss_fn, self.ctx, amp=self.args.amp)
                 p.step_in_epoch += 1
                 p.global_step += 1
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 self.after_step(loss, len(batch["label"]))
                 if p.stop_reason:
                     break
+        self.bar = None
         self.log_train()  # the epoch's last, partial window: a short run still gets a train curve
         if p.stop_reason:
             return
@@ -1192,25 +1371,33 @@ class Trainer:
             self.validate()
         self.save("last.pt")
 
-    def after_step(self, loss: float, rows: int) -> None:
+    def after_step(self, loss: torch.Tensor, rows: int) -> None:
+        """Count the step's ``loss`` (on the device) and ``rows``; at a boundary (every --log_every, --eval_every
+        and --ckpt_every steps) synchronize, then log, evaluate, checkpoint. Between boundaries the host never
+        waits for the device."""
         p, args = self.progress, self.args
-        self.window.append(loss)
-        self.window_rows += rows
-        if p.global_step % args.log_every == 0:
+        self.window.add(loss, p.global_step, rows)
+        log = p.global_step % args.log_every == 0
+        evaluate_now = bool(args.eval_every) and p.global_step % args.eval_every == 0
+        ckpt = bool(args.ckpt_every) and p.global_step % args.ckpt_every == 0
+        report = self.sync() if log or evaluate_now or ckpt else None
+        if log:
             self.log_train()
-        if args.eval_every and p.global_step % args.eval_every == 0:
+        if evaluate_now:
             self.validate()
         if args.max_steps and p.global_step >= args.max_steps:
-            p.stop_reason = "max_steps"
-        if not p.stop_reason and self.ctx.master and self.checkpoint_due():
+            p.stop_reason = "max_steps"  # the caller ends the epoch: its log, evaluation and last.pt follow
+        if report and not p.stop_reason and self.checkpoint_due(report):
             self.save("last.pt")
 
     def validate(self) -> None:
-        """Evaluate on valid; update best.pt, the LR scheduler and the patience counter by --monitor."""
+        """Evaluate on valid; update best.pt, the LR scheduler and the patience counter by --monitor. A
+        boundary: a NaN/inf training loss since the last one stops the run here (:meth:`sync`)."""
         p = self.progress
+        self.sync()  # before the clock starts: the device finishes the window's steps first
         started = self.clock()
         try:
-            metrics, _ = evaluate(self.model, self.loaders["valid"], self.ctx, self.args.amp, self.inputs)
+            metrics, _ = evaluate(self.net, self.loaders["valid"], self.ctx, self.args.amp, self.inputs)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e} at step {p.global_step}. Lower --lr, raise --embed_l2 or check the "
                                      f"data") from None
@@ -1234,7 +1421,7 @@ class Trainer:
         if self.ctx.world_size > 1:
             dist.barrier()  # rank 0 has written best.pt
         self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt", self.ctx.device)["model"])
-        metrics, rows = evaluate(self.model, self.loaders["test"], self.ctx, self.args.amp, self.inputs)
+        metrics, rows = evaluate(self.net, self.loaders["test"], self.ctx, self.args.amp, self.inputs)
         p = self.progress
         result = {"model": self.config["model"], "stop_reason": p.stop_reason, "epochs": p.epoch,
                   "global_step": p.global_step, "best_epoch": p.best_epoch, "best_step": p.best_step,
@@ -1394,7 +1581,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     inputs, schema = Inputs.of(store.schema, saved.get("drop_fields", ()), saved.get("labels"), device)
     model = build(state["config"], schema, device)
     model.load_state_dict(state["model"])
-    loader = make_loader(store, "test", args.batch_size, train=False, num_workers=args.num_workers)
+    loader = make_loader(store, "test", eval_batch_size(args), train=False, num_workers=args.num_workers)
     metrics, rows = evaluate(model, loader, Ctx(device=device), args.amp, inputs)
     return {"checkpoint": str(path), "split": "test", "rows": rows, **metrics}
 
@@ -1406,6 +1593,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(evaluate_checkpoint(args), indent=2))
             return 0
         devices = plan_devices(args)
+        check_compile(args, devices)
         world = int(os.environ["WORLD_SIZE"]) if torchrun_env() else len(devices)
         config = resolve_config(args, hparams, world, devices)
         launcher = not torchrun_env() or os.environ["RANK"] == "0"

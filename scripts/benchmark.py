@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, Sequence
@@ -196,10 +197,13 @@ def measure_training(store_path: str, model_name: str, device_name: str, batch_s
     opts = argparse.Namespace(optimizer="adam", lr=1e-3, weight_decay=0.0, task_weights=None, embed_l2=0.0)
     optimizer, loss_fn = train.make_optimizer(model, opts), train.make_loss_fn(model, opts)
     ctx = train.Ctx(device=device)
+    wait = partial(torch.cuda.synchronize, device) if device.type == "cuda" else lambda: None  # train_step never waits
     for i in range(warmup + steps):
         if i == warmup:
-            start = time.perf_counter()  # train_step returns a float: the device is synchronized
+            wait()
+            start = time.perf_counter()
         train.train_step(model, batches[i % len(batches)], optimizer, loss_fn, ctx)
+    wait()
     seconds = time.perf_counter() - start
     out = {"samples_per_s": steps * batch_size / seconds, "ms_per_step": 1000 * seconds / steps,
            "params": sum(p.numel() for p in model.parameters()), "peak_rss_mib": peak_rss_mib()}

@@ -181,8 +181,12 @@ def ddp_worker(rank: int, port: int, store: str, out: str) -> None:
     for name in DDP_HPARAMS:
         model, optimizer, loss_fn = ddp_setup(name)
         ddp = torch.nn.parallel.DistributedDataParallel(model, static_graph=True)
-        losses = [train.train_step(ddp, {k: v[rank * DDP_B:(rank + 1) * DDP_B] for k, v in ddp_batch(rows, s).items()},
-                                   optimizer, loss_fn, ctx, step=s) for s in range(DDP_STEPS)]
+        losses = []
+        for s in range(DDP_STEPS):
+            loss = train.train_step(ddp, {k: v[rank * DDP_B:(rank + 1) * DDP_B] for k, v in ddp_batch(rows, s).items()},
+                                    optimizer, loss_fn, ctx)  # this rank's loss: average it over the ranks
+            dist.all_reduce(loss)
+            losses.append(float(loss) / 2)
         results[name] = {"state": model.state_dict(), "losses": losses}
         del ddp  # its reducer holds the group
     if rank == 0:
@@ -204,7 +208,7 @@ def test_two_gloo_processes_match_one_process_on_a_behaviour_store(store, tmp_pa
         for step in range(DDP_STEPS):
             full = ddp_batch(rows, step)
             if name != "DIEN":
-                losses.append(train.train_step(model, full, optimizer, loss_fn, train.Ctx()))
+                losses.append(float(train.train_step(model, full, optimizer, loss_fn, train.Ctx())))
                 continue
             model.train()
             halves = [{k: v[i * DDP_B:(i + 1) * DDP_B] for k, v in full.items()} for i in range(2)]

@@ -6,13 +6,18 @@ Stores are small (a few thousand rows) and carry a planted signal:
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -25,7 +30,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import models
 import train
 from models.base import task_loss
-from conftest import ROOT, make_batch
+from conftest import ROOT, load_rows, make_batch, write_behaviour_store
 from dataset.loader import make_loader
 from dataset.schema import Schema
 from dataset.store import StoreReader, StoreWriter
@@ -163,6 +168,29 @@ def test_weight_decay_skips_biases_norms_and_embedding_tables(schema: Schema):
     assert len(decay["params"]) + len(plain["params"]) == len(names)
 
 
+@pytest.mark.parametrize("name", sorted(train.OPTIMIZERS))
+def test_optimizers_run_foreach_on_cpu_like_the_for_loop_and_keep_it_when_loading_a_state(name: str, schema: Schema):
+    args = train.base_parser(False).parse_args(["--optimizer", name, "--lr", "0.01", "--weight_decay", "0.01"])
+
+    def trained(make: Callable[[torch.nn.Module], torch.optim.Optimizer]):
+        torch.manual_seed(0)
+        model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
+        optimizer, loss_fn = make(model), train.make_loss_fn(model, args)
+        for step in range(4):
+            train.train_step(model, make_batch(schema, 16, seed=step), optimizer, loss_fn, train.Ctx())
+        return model, optimizer
+
+    model, optimizer = trained(lambda m: train.make_optimizer(m, args))
+    loop_model, loop_optimizer = trained(lambda m: train.OPTIMIZERS[name](train.param_groups(m, 0.01), lr=0.01,
+                                                                          foreach=False))
+    assert optimizer.param_groups[0]["foreach"] is True and not optimizer.param_groups[0].get("fused")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, loop_model.state_dict()[k], rtol=1e-5, atol=1e-7, msg=k)
+    train.load_optimizer_state(optimizer, loop_optimizer.state_dict())  # e.g. a checkpoint of another device
+    assert optimizer.param_groups[0]["foreach"] is True
+    assert optimizer.state_dict()["state"].keys() == loop_optimizer.state_dict()["state"].keys()
+
+
 def test_model_flags_come_from_the_constructor_signature():
     args, hparams = train.parse_args(["--model", "dcnv2", "--hidden_units", "8", "4", "--batch_norm",
                                       "--embed_size", "12", "--dropout", "0.5"])
@@ -175,17 +203,93 @@ def test_model_flags_come_from_the_constructor_signature():
         train.parse_args(["--model", "DeepFM", "--num_cross_layers", "2"])
 
 
-def test_train_step_refuses_a_nan_loss_before_updating(schema: Schema):
+def test_a_nan_loss_is_kept_on_the_device_and_raised_naming_its_step_at_the_next_check(schema: Schema):
+    """train_step returns the loss as a device tensor and steps whatever it is (NaN weights follow); the loss
+    window records the first NaN/inf step on the device, and the boundary check raises naming that step."""
     model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    args = train.base_parser(False).parse_args([])
-    loss_fn = train.make_loss_fn(model, args)
-    batch = make_batch(schema, 16, seed=1)
-    batch["dense"][3, 0] = float("nan")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(train.NonFiniteLossError, match="at step 12"):
-        train.train_step(model, batch, optimizer, loss_fn, train.Ctx(), step=12)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    loss_fn = train.make_loss_fn(model, train.base_parser(False).parse_args([]))
+    good, bad = make_batch(schema, 16, seed=1), make_batch(schema, 16, seed=1)
+    bad["dense"][3, 0] = float("nan")
+    window, losses = train.LossWindow(torch.device("cpu")), []
+    for step, batch in ((11, good), (12, bad), (13, good)):
+        loss = train.train_step(model, batch, optimizer, loss_fn, train.Ctx())
+        assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+        window.add(loss, step, rows=16)
+        losses.append(loss)
+    assert torch.isfinite(losses[0]) and losses[1].isnan() and losses[2].isnan()  # step 12 poisoned the weights
+    assert isinstance(window.first_bad, torch.Tensor) and int(window.first_bad) == 12
+    report = window.read(train.Ctx())
+    assert (report.bad_step, report.steps, report.rows) == (12, 3, 48) and math.isnan(report.bad_loss)
+    with pytest.raises(train.NonFiniteLossError, match=r"the training loss is nan at step 12 \(found at step 13; "
+                                                       r"no step from 12 on was saved\)"):
+        train.check_finite(report, 13)
+    train.check_finite(train.LossWindow(torch.device("cpu")).read(train.Ctx()), 13)  # nothing recorded: passes
+
+
+def test_the_window_loss_is_the_mean_of_its_step_losses():
+    window = train.LossWindow(torch.device("cpu"))
+    losses = torch.rand(7, generator=torch.Generator().manual_seed(0)) * 3
+    for step, loss in enumerate(losses, start=1):
+        window.add(loss, step, rows=10 + step)
+    report = window.read(train.Ctx(), since_save=42.0)
+    assert report.loss == math.fsum(losses.tolist()) / 7 and (report.steps, report.rows) == (7, 7 * 10 + 28)
+    assert report.bad_step == 0 and report.since_save == 42.0
+    window.reset()
+    assert window.read(train.Ctx()).steps == 0 and math.isnan(window.read(train.Ctx()).loss)
+
+
+def test_the_train_loss_curve_is_the_mean_of_the_eager_step_losses(store: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """Every train/loss point (every 5 steps, evaluations every 3 steps inside the windows) equals the mean of
+    the step losses since the previous point, read eagerly one by one."""
+    step_losses, train_step = [], train.train_step
+
+    def eager_step(*args, **kwargs):
+        loss = train_step(*args, **kwargs)
+        step_losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(train, "train_step", eager_step)
+    run_dir = tmp_path / "run"
+    assert train.main([*DEEPFM, "--data", str(store), "--epochs", "1", "--eval_every", "3",
+                       "--model_save_dir", str(run_dir)]) == 0
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    points = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in points] == list(range(5, len(step_losses) + 1, 5))
+    for step, value in points:
+        window = step_losses[step - 5:step]
+        assert value == np.float32(math.fsum(window) / len(window)), step  # TensorBoard keeps float32
+
+
+def test_evaluation_batches_default_to_four_training_batches_and_do_not_change_the_metrics(store: Path):
+    sizes = lambda batch, given=None: train.eval_batch_size(argparse.Namespace(batch_size=batch, eval_batch_size=given))
+    assert (sizes(64), sizes(20_000), sizes(100_000), sizes(64, 7)) == (256, train.EVAL_BATCH_CAP, 100_000, 7)
+    with pytest.raises(train.UsageError, match="--eval_batch_size must be >= 1, got 0"):
+        sizes(64, 0)
+    torch.manual_seed(7)
+    model = models.build_model("DeepFM", StoreReader(store).schema, embed_dim=8, hidden_units=(32,))
+    scored = [train.evaluate(model, make_loader(store, "valid", b, train=False, num_workers=0), train.Ctx())
+              for b in (7, 64, 10_000)]
+    for metrics, rows in scored[1:]:
+        assert rows == scored[0][1] == StoreReader(store).num_rows("valid")
+        assert metrics == pytest.approx(scored[0][0], rel=1e-6)  # float32 rounding differs with the batch shape
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_predict_returns_every_row_with_its_user_once_whatever_the_batch_size(tmp_path: Path):
+    store = write_behaviour_store(tmp_path / "behaviour", n_rows=600)
+    schema = StoreReader(store).schema
+    inputs, _ = train.Inputs.of(schema, (), None, torch.device("cpu"))
+    model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,))
+    expected = load_rows(store, "test")
+    for batch_size in (16, 1000):
+        loader = make_loader(store, "test", batch_size, train=False, num_workers=0)
+        labels, preds, users = train.predict(model, loader, train.Ctx(), inputs=inputs)
+        assert np.array_equal(users, expected["sparse"][:, inputs.user_column].numpy())
+        assert np.array_equal(labels, expected["label"].double().numpy())
+        assert preds.shape == labels.shape and ((preds > 0) & (preds < 1)).all()
 
 
 # -- DDP --------------------------------------------------------------------------------------------------
@@ -210,7 +314,9 @@ def ddp_worker(rank: int, port: int, schema: Schema, out: str) -> None:
     for step in range(DDP_STEPS):
         full = make_batch(schema, 2 * DDP_B, seed=step)
         batch = {k: v[rank * DDP_B:(rank + 1) * DDP_B] for k, v in full.items()}
-        losses.append(train.train_step(ddp, batch, optimizer, loss_fn, ctx, step=step))
+        loss = train.train_step(ddp, batch, optimizer, loss_fn, ctx)  # this rank's
+        dist.all_reduce(loss)
+        losses.append(float(loss) / 2)
     rows = torch.arange(3 + 2 * rank, dtype=torch.float32).unsqueeze(1) + 100 * rank  # 3 rows, then 5 rows
     gathered = train.gather_rows(rows, ctx)
     if rank == 0:
@@ -231,13 +337,39 @@ def test_two_gloo_processes_match_one_process_with_the_double_batch(which: str, 
     model = ddp_model(schema)
     args = train.base_parser(False).parse_args(["--embed_l2", "0.01", "--lr", "0.01"])
     optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args)
-    losses = [train.train_step(model, make_batch(schema, 2 * DDP_B, seed=s), optimizer, loss_fn, train.Ctx())
+    losses = [float(train.train_step(model, make_batch(schema, 2 * DDP_B, seed=s), optimizer, loss_fn, train.Ctx()))
               for s in range(DDP_STEPS)]
     assert ddp["losses"] == pytest.approx(losses, rel=1e-5)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ddp["state"][k], v, rtol=1e-5, atol=1e-6, msg=k)
     expected = torch.tensor([0, 1, 2, 100, 101, 102, 103, 104], dtype=torch.float32).unsqueeze(1)
     assert torch.equal(ddp["gathered"], expected)
+
+
+def window_worker(rank: int, port: int, out: str) -> None:
+    """Rank ``rank`` of 2 gloo processes: a loss window of steps 1-2 (finite), then steps 3-6 where rank 1's
+    loss is NaN at step 3 and rank 0's inf at step 5."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = train.init_process(rank, 2, torch.device("cpu"))
+    window, reports = train.LossWindow(ctx.device), []
+    for step in range(1, 7):
+        loss = {(1, 3): math.nan, (0, 5): math.inf}.get((rank, step), step + 10.0 * rank)
+        window.add(torch.tensor(loss), step, rows=8 + rank)
+        if step in (2, 6):
+            reports.append(window.read(ctx, since_save=100.0 + rank))
+            window.reset()
+    torch.save([dataclasses.asdict(r) for r in reports], f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_read_one_window_and_stop_on_the_first_non_finite_step_of_either(tmp_path: Path):
+    out = tmp_path / "window"
+    mp.spawn(window_worker, args=(train.free_port(), str(out)), nprocs=2, join=True)
+    for rank in range(2):
+        finite, bad = torch.load(f"{out}.{rank}", weights_only=True)
+        assert finite == {"loss": (1 + 2 + 11 + 12) / 4, "steps": 2, "rows": 2 * 8 + 2 * 9, "bad_step": 0,
+                          "bad_loss": 0.0, "since_save": 100.0}  # rank 0's clock decides a checkpoint
+        assert (bad["bad_step"], bad["steps"], bad["rows"]) == (3, 4, 4 * 8 + 4 * 9) and math.isnan(bad["bad_loss"])
 
 
 def test_two_cpu_processes_score_every_test_row(store: Path, deepfm_run: Path, tmp_path: Path):
@@ -274,6 +406,16 @@ def test_sigkilled_run_resumes_to_the_same_final_metrics(store: Path, tmp_path: 
 
     assert train.main(["--resume", str(killed)]) == 0
     assert read_metrics(killed) == read_metrics(straight)
+    assert train_curve(killed) == train_curve(straight)  # the resumed run's train/loss points are the same
+
+
+def train_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """The train/loss points of a run dir by step (of a resumed run: those its killed predecessor wrote after
+    last.pt's step are purged). By step: the event files of a run resumed within the second it was killed
+    sort by pid, not by time."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return sorted((e.step, e.value) for e in events.Scalars("train/loss"))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(store: Path, tmp_path: Path,
@@ -294,6 +436,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(store: 
     (["--gpu_ids", "zero"], "expected comma-separated GPU indices"),
     (["--data", "{tmp}/missing"], "preprocess.py"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--eval_batch_size", "-4"], "--eval_batch_size must be >= 1, got -4"),
     (["--model", "MMoE", "--task_weights", "1", "2", "3"], "--task_weights has 3 values"),
     (["--resume", "{tmp}/nowhere"], "no checkpoint at"),
 ])
@@ -316,6 +459,124 @@ def test_resume_refuses_another_model_or_store(deepfm_run: Path, tmp_path: Path,
         assert code == 2 and message in err, err
     code, err = run_main([*DEEPFM, "--data", str(other), "--model_save_dir", deepfm_run], capsys)
     assert code == 2 and f"--resume {deepfm_run}" in err
+
+
+# -- torch.compile ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # compiling DeepFM's training and evaluation graphs takes a minute or more on 2 CPU cores
+def test_compiled_deepfm_trains_and_scores_like_the_eager_one(store: Path, tmp_path: Path):
+    from torch._dynamo.utils import counters
+    flags = [*DEEPFM, "--data", str(store), "--max_steps", "6", "--log_every", "1", "--dropout", "0"]
+    torch._dynamo.reset()
+    try:
+        for name, extra in (("eager", []), ("compiled", ["--compile"])):
+            counters.clear()
+            assert train.main([*flags, *extra, "--model_save_dir", str(tmp_path / name)]) == 0
+            assert (counters["stats"]["unique_graphs"] > 0) == (name == "compiled")  # Dynamo captured the model
+    finally:
+        torch._dynamo.reset()
+    eager, compiled = train_curve(tmp_path / "eager"), train_curve(tmp_path / "compiled")
+    assert [s for s, _ in compiled] == [s for s, _ in eager] == list(range(1, 7))
+    assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-5)
+    for split in ("valid", "test"):
+        assert read_metrics(tmp_path / "compiled")[split] == pytest.approx(read_metrics(tmp_path / "eager")[split],
+                                                                          rel=1e-5)
+
+
+def test_compile_without_a_working_cpp_compiler_is_one_line_before_the_run_starts(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    from torch._inductor import config as inductor_config
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    code, err = run_main([*DEEPFM, "--data", store, "--compile", "--model_save_dir", tmp_path / "run"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == (f"train.py: error: --compile: torch.compile cannot compile for CPU here: it builds C++ for "
+                        f"CPU, and no C++ compiler runs here (tried {tmp_path / 'no-such-g++'}): install g++ or "
+                        f"point $CXX at one; drop --compile to train eagerly")
+    assert not (tmp_path / "run").exists()
+
+
+# -- CUDA (skipped without a GPU; ../shared/gpu/check.sh runs the tests marked cuda) ---------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def host_syncs(fn: Callable[[], object]) -> list[str]:
+    """The synchronizing CUDA calls (the host waits for the device) that ``fn()`` makes, by torch's sync debug
+    mode."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("name", sorted(train.OPTIMIZERS))
+def test_cuda_training_steps_never_wait_for_the_device(name: str, schema: Schema):
+    device = torch.device("cuda", 0)
+    args = train.base_parser(False).parse_args(["--optimizer", name, "--embed_l2", "0.01", "--weight_decay", "0.01"])
+    batches = [train.to_device(make_batch(schema, 64, seed=s), device) for s in range(8)]
+
+    def trained(make: Callable[[torch.nn.Module], torch.optim.Optimizer]):
+        torch.manual_seed(0)
+        model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,)).to(device)
+        optimizer, loss_fn, window = make(model), train.make_loss_fn(model, args), train.LossWindow(device)
+
+        def steps(first: int, last: int) -> None:
+            for step in range(first, last + 1):
+                loss = train.train_step(model, batches[step - 1], optimizer, loss_fn, train.Ctx(device=device))
+                window.add(loss, step, rows=64)
+        steps(1, 2)  # the first step creates the optimizer's state
+        return model, optimizer, window, host_syncs(lambda: steps(3, 8))
+
+    model, optimizer, window, syncs = trained(lambda m: train.make_optimizer(m, args))
+    assert syncs == []
+    assert optimizer.param_groups[0].get("fused", False) == (name in train.FUSED_ON_CUDA)
+    report = window.read(train.Ctx(device=device))
+    assert report.steps == 8 and report.bad_step == 0 and math.isfinite(report.loss)
+    twin, *_ = trained(lambda m: train.OPTIMIZERS[name](train.param_groups(m, 0.01), lr=1e-3, foreach=True))
+    for k, v in model.state_dict().items():  # fused: the same update as foreach, up to float rounding
+        torch.testing.assert_close(v, twin.state_dict()[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_evaluation_copies_to_the_host_once_per_split(store: Path):
+    device = torch.device("cuda", 0)
+    model = models.build_model("DeepFM", StoreReader(store).schema, embed_dim=8, hidden_units=(32,)).to(device)
+    loader = make_loader(store, "valid", 16, train=False, num_workers=0)  # 200 rows: 13 batches
+    assert len(host_syncs(lambda: train.predict(model, loader, train.Ctx(device=device)))) == 1
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_runs_stop_on_nan_resume_a_cpu_run_and_compile_like_eager(store: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture):
+    gpu = ["--data", store, "--gpu_ids", "0"]
+    code, err = run_main([*DEEPFM, *gpu, "--lr", "1e30", "--ckpt_every", "1", "--model_save_dir", tmp_path / "nan"],
+                         capsys)
+    assert code == 1 and ("loss is nan at step 2" in err or "loss is inf at step 2" in err), err
+    assert train.load_checkpoint(tmp_path / "nan" / "last.pt")["progress"]["global_step"] == 1
+
+    assert run_main([*DEEPFM, "--data", store, "--max_steps", "4", "--model_save_dir", tmp_path / "cpu"])[0] == 0
+    assert run_main(["--resume", tmp_path / "cpu", "--gpu_ids", "0", "--max_steps", "8"])[0] == 0
+    last = train.load_checkpoint(tmp_path / "cpu" / "last.pt")
+    assert last["progress"]["global_step"] == 8 and last["optimizer"]["param_groups"][0]["fused"] is True
+
+    flags = [*DEEPFM, *gpu, "--max_steps", "6", "--log_every", "1", "--dropout", "0"]
+    try:
+        for name, extra in (("eager", []), ("compiled", ["--compile"])):
+            assert run_main([*flags, *extra, "--model_save_dir", tmp_path / name])[0] == 0
+    finally:
+        torch._dynamo.reset()
+    eager, compiled = train_curve(tmp_path / "eager"), train_curve(tmp_path / "compiled")
+    assert [v for _, v in compiled] == pytest.approx([v for _, v in eager], rel=1e-4)
 
 
 # -- multi-task ---------------------------------------------------------------------------------------------
