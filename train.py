@@ -77,7 +77,9 @@ LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
 DEFAULT_MODEL = "DeepFM"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
               "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
-FUSED_ON_CUDA = ("adam", "adamw", "adagrad", "sgd")  # torch 2.13 has fused CUDA kernels for these, not for rmsprop
+# Fused CUDA kernels: Adam, AdamW, SGD. Adagrad's fused kernel is CPU-only (torch 2.11 on an H200 raised at
+# construction), RMSprop has none
+FUSED_ON_CUDA = ("adam", "adamw", "sgd")
 FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "labels", "monitor")  # besides the model and its
 # hyperparameters: they change what the model computes or what best.pt means
 MONITORS = {"auc": "max", "gauc": "max", "logloss": "min", "rmse": "min", "mae": "min"}  # metric -> better when
@@ -795,9 +797,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     numpy_state = {**state["numpy"], "state": {**state["numpy"]["state"]}}
     numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
     np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded onto a GPU has its RNG states there too
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # A checkpoint is torch.save's bytes followed by a trailer: their sha256, their length and a magic

@@ -512,7 +512,9 @@ def host_syncs(fn: Callable[[], object]) -> list[str]:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    # the first use of the mode also warns that it is a prototype: a note, not a synchronizing call
+    return [str(w.message) for w in caught
+            if "synchroniz" in str(w.message) and "debug mode is a prototype" not in str(w.message)]
 
 
 @pytest.mark.cuda
@@ -537,7 +539,7 @@ def test_cuda_training_steps_never_wait_for_the_device(name: str, schema: Schema
 
     model, optimizer, window, syncs = trained(lambda m: train.make_optimizer(m, args))
     assert syncs == []
-    assert optimizer.param_groups[0].get("fused", False) == (name in train.FUSED_ON_CUDA)
+    assert bool(optimizer.param_groups[0].get("fused")) == (name in train.FUSED_ON_CUDA)  # None where unset
     report = window.read(train.Ctx(device=device))
     assert report.steps == 8 and report.bad_step == 0 and math.isfinite(report.loss)
     twin, *_ = trained(lambda m: train.OPTIMIZERS[name](train.param_groups(m, 0.01), lr=1e-3, foreach=True))
