@@ -30,14 +30,18 @@ def rows_of(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sparse, dense, label
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("loader") / "store"
+def write_numbered_store(path: Path) -> Path:
+    """A store of :func:`rows_of` rows: train rows 0..ROWS-1 in chunks of CHUNK, valid rows 0..249."""
     sparse, dense, label = rows_of(ROWS)
     with StoreWriter(path, SCHEMA, dataset="test", chunk_size=CHUNK) as w:
         w.add("train", sparse, dense, label)
         w.add("valid", sparse[:250], dense[:250], label[:250])
     return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_numbered_store(tmp_path_factory.mktemp("loader") / "store")
 
 
 def loader(store: Path, split: str = "train", train: bool = True, **kw) -> CTRLoader:

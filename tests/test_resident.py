@@ -20,31 +20,18 @@ from dataset import resident
 from dataset.loader import make_loader
 from dataset.resident import ResidentSplit, choose_data_path, make_resident_loader, resident_bytes
 from dataset.schema import Schema
-from dataset.store import StoreCorruptError, StoreReader, StoreWriter, encode_chunk
-from test_train import DEEPFM, read_metrics, write_store
+from dataset.store import StoreCorruptError, StoreReader, StoreWriter
+from test_loader import ROWS, rows_of, write_numbered_store
+from test_train import DEEPFM, corrupt_chunk, read_metrics, write_store
 
-ROWS, CHUNK, BATCH = 2345, 100, 64  # 24 chunks, the last one short; ROWS is odd, so 2 ranks drop a row
-SCHEMA = Schema(("id", "c7", "c11"), (ROWS, 7, 11), ("d0", "d1"), ("click", "buy"))
+BATCH = 64  # the loader tests' store: ROWS = 2345 rows in 24 chunks, the last one short; ROWS is odd, so 2
+# ranks drop a row
 Batches = list[dict[str, torch.Tensor]]
-
-
-def rows_of(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row i: sparse [i, i % 7, i % 11], dense [i / 2, -i], label [i % 2, i % 3 == 0]."""
-    i = np.arange(n)
-    sparse = np.stack([i, i % 7, i % 11], axis=1).astype(np.int32)
-    dense = np.stack([i / 2, -i], axis=1).astype(np.float32)
-    label = np.stack([i % 2, i % 3 == 0], axis=1).astype(np.float32)
-    return sparse, dense, label
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("resident") / "store"
-    sparse, dense, label = rows_of(ROWS)
-    with StoreWriter(path, SCHEMA, dataset="test", chunk_size=CHUNK) as w:
-        w.add("train", sparse, dense, label)
-        w.add("valid", sparse[:250], dense[:250], label[:250])
-    return path
+    return write_numbered_store(tmp_path_factory.mktemp("resident") / "store")
 
 
 @pytest.fixture
@@ -221,13 +208,7 @@ def test_one_resident_split_serves_several_loaders(store: Path) -> None:
 
 
 def test_loading_verifies_every_chunk(tmp_path: Path) -> None:
-    path = write_store(tmp_path / "s", n_rows=600)
-    reader = StoreReader(path)
-    data = bytearray((path / "data.mdb").read_bytes())
-    value = bytes(encode_chunk(reader.read_chunk("train", 2), reader.schema))
-    at = data.find(value) + len(value) // 2
-    data[at:at + 64] = bytes(64)
-    (path / "data.mdb").write_bytes(bytes(data))
+    path = corrupt_chunk(write_store(tmp_path / "s", n_rows=600), "train", 2)
     with pytest.raises(StoreCorruptError, match="chunk train/00000002"):
         resident_loader(path)
 

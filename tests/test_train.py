@@ -33,7 +33,7 @@ from models.base import task_loss
 from conftest import ROOT, load_rows, make_batch, write_behaviour_store
 from dataset.loader import make_loader
 from dataset.schema import Schema
-from dataset.store import StoreReader, StoreWriter
+from dataset.store import StoreReader, StoreWriter, encode_chunk
 
 SMALL = ["--batch_size", "64", "--num_workers", "0", "--embed_size", "8", "--log_every", "5", "--seed", "7"]
 DEEPFM = ["--model", "DeepFM", "--hidden_units", "32", "32", *SMALL]
@@ -58,6 +58,17 @@ def write_store(path: Path, n_rows: int = 2000, labels: tuple[str, ...] = ("clic
     with StoreWriter(path, schema, dataset="planted", chunk_size=chunk_size) as writer:
         for split, rows in (("train", slice(0, a)), ("valid", slice(a, b)), ("test", slice(b, n_rows))):
             writer.add(split, sparse[rows], dense[rows], label[rows])
+    return path
+
+
+def corrupt_chunk(path: Path, split: str, index: int) -> Path:
+    """``path``'s store with 64 bytes in the middle of chunk ``split/index`` zeroed (found by its exact bytes)."""
+    reader = StoreReader(path)
+    data = bytearray((path / "data.mdb").read_bytes())
+    value = bytes(encode_chunk(reader.read_chunk(split, index), reader.schema))
+    at = data.find(value) + len(value) // 2
+    data[at:at + 64] = bytes(64)
+    (path / "data.mdb").write_bytes(bytes(data))
     return path
 
 

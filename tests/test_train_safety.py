@@ -26,8 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from conftest import ROOT
-from dataset.store import StoreReader
-from test_train import DEEPFM, run_main, write_store
+from test_train import DEEPFM, corrupt_chunk, run_main, write_store
 
 
 @pytest.fixture(scope="module")
@@ -280,8 +279,8 @@ def test_an_existing_run_name_is_refused_and_names_resume(store: Path, tmp_path:
     code, err = run_main([*DEEPFM, "--data", store, "--run_name", "done", "--max_steps", "2"], capsys)
     assert code == 0
     code, err = run_main([*DEEPFM, "--data", store, "--run_name", "done", "--max_steps", "2"], capsys)
-    assert code == 2 and (f"checkpoints/DeepFM/done already exists: continue that run with --resume "
-                          f"checkpoints/DeepFM/done, or pick another --run_name") in one_error_line(err)
+    assert code == 2 and ("checkpoints/DeepFM/done already exists: continue that run with --resume "
+                          "checkpoints/DeepFM/done, or pick another --run_name") in one_error_line(err)
 
 
 def test_model_save_dir_must_be_new_or_empty(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -491,14 +490,7 @@ def test_a_corrupt_store_chunk_stops_training_with_one_line_naming_it(tmp_path: 
     """Bytes overwritten inside a stored chunk (found by its exact bytes) stop the run where the chunk is read,
     in the process, in a loader worker or while the resident splits load, with the chunk named and the fix: not
     zeros trained on silently."""
-    from dataset.store import encode_chunk
-    path = write_store(tmp_path / "s", n_rows=600)
-    reader = StoreReader(path)
-    data = bytearray((path / "data.mdb").read_bytes())
-    value = bytes(encode_chunk(reader.read_chunk("train", 2), reader.schema))
-    at = data.find(value) + len(value) // 2
-    data[at:at + 64] = bytes(64)
-    (path / "data.mdb").write_bytes(bytes(data))
+    path = corrupt_chunk(write_store(tmp_path / "s", n_rows=600), "train", 2)
     code, _, err = run_cli([*DEEPFM, "--data", path, "--num_workers", workers, "--data_path", data_path,
                             "--model_save_dir", tmp_path / "run"], capsys)
     assert code == 1
