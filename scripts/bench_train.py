@@ -288,7 +288,7 @@ def render(results: dict[str, Any]) -> str:
         wall = "n/a (fixed steps)" if name == "MLP ceiling" else num(s["wall_s"], ".1f")
         rows.append([name, threads, wall, num(s["samples_per_s"], ",.0f"), num(s["test_auc"], ".4f")])
     setup = results["setup"]
-    conversion = (f"; store -> .npz for DeepCTR-Torch {setup['npz_s']:.1f} s (in no wall time)"
+    conversion = (f"; store -> .npz for DeepCTR-Torch {setup['npz_s']:.2f} s (in no wall time)"
                   if "npz_s" in setup else "")
     return "\n\n".join([
         f"## Training throughput, whole runs ({results['rows']:,} rows: {results['train_rows']:,} train, "

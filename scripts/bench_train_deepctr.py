@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     k, b = args.log_every, args.batch_size
     rates = [k * b / (stamps[i + k] - stamps[i]) for i in range(0, len(stamps) - k, k)]
     result = {"torch_threads": torch.get_num_threads(), "import_s": imported - T0, "load_s": loaded - imported,
-              "fit_s": fitted - start, "predict_s": done - fitted, "train_rows": len(y["train"]),
-              "steps": len(stamps), "window_samples_per_s": rates,
+              "build_s": start - loaded, "fit_s": fitted - start, "predict_s": done - fitted,
+              "train_rows": len(y["train"]), "steps": len(stamps), "window_samples_per_s": rates,
               "valid_auc": float(history.history["val_auc"][-1]),
               "test_auc": float(roc_auc_score(y["test"], pred.ravel()))}
     with open(args.result, "w") as f:
