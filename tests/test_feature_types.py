@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import mean_absolute_error, mean_squared_error, roc_auc_score
+from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
 
 import train
 from dataset.loader import make_loader
@@ -75,6 +75,18 @@ def metrics_of(run_dir: Path) -> dict:
 
 
 # -- metrics -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auc_and_logloss_match_scikit_learn_with_ties_and_extreme_probabilities(dtype):
+    rng = np.random.default_rng(1)
+    y = (rng.random(5000) < 0.2).astype(np.float32)
+    p = np.round(rng.random(5000) * 0.8 + 0.2 * y, 2).astype(dtype)  # many ties
+    p[:5], p[5:10] = 0.0, 1.0  # clipped to [eps, 1 - eps] of the dtype, as scikit-learn does
+    assert train.binary_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    rel = 1e-6 if dtype == np.float32 else 1e-9  # scikit-learn sums float32 input in float32, we in float64
+    assert train.binary_logloss(y, p) == pytest.approx(log_loss(y, p, labels=[0, 1]), rel=rel)
+    assert math.isnan(train.binary_auc(np.zeros(4), p[:4])) and math.isnan(train.binary_auc(np.ones(4), p[:4]))
 
 
 def test_regression_metrics_and_gauc_match_brute_force():
