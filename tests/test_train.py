@@ -165,7 +165,8 @@ def test_task_loss_and_metrics_match_brute_force():
 
     y, q = labels.double().numpy(), p.double().numpy()
     m = train.compute_metrics(y, q, ("click", "buy"))
-    assert m["click/auc"] == roc_auc_score(y[:, 0], q[:, 0]) and m["buy/logloss"] == log_loss(y[:, 1], q[:, 1])
+    assert m["click/auc"] == pytest.approx(roc_auc_score(y[:, 0], q[:, 0]), abs=1e-12)
+    assert m["buy/logloss"] == pytest.approx(log_loss(y[:, 1], q[:, 1]), rel=1e-12)
     assert m["auc"] == pytest.approx((m["click/auc"] + m["buy/auc"]) / 2)
     assert set(train.compute_metrics(y[:, :1], q[:, :1], ("click",))) == {"auc", "logloss"}
 
