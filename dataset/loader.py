@@ -278,12 +278,14 @@ def _batch_views(buf: torch.Tensor, rows: int, schema: Schema) -> Batch:
     for b in sorted(schema.blocks(), key=lambda b: -b.batch_dtype.itemsize):  # int64 blocks first: aligned
         if b.name in keys:
             size = rows * b.width * b.batch_dtype.itemsize
-            batch[b.name] = buf[offset:offset + size].view(_TORCH[b.batch_dtype]).view(rows, b.width)
+            batch[b.name] = buf[offset:offset + size].view(TORCH_DTYPES[b.batch_dtype]).view(rows, b.width)
             offset += size
     return batch
 
 
-_TORCH = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
+# the torch dtype of each numpy dtype a store or batch block has (dataset/resident.py uses it too)
+TORCH_DTYPES = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
+                np.dtype(np.float32): torch.float32}
 
 
 def _fill(batch: Batch, pieces: list[Piece]) -> Batch:

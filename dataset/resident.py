@@ -43,6 +43,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from dataset.loader import TORCH_DTYPES
 from dataset.schema import Schema
 from dataset.store import SPLITS, StoreReader, human_size
 
@@ -50,9 +51,6 @@ Batch = dict[str, torch.Tensor]
 DATA_PATHS = ("auto", "chunks", "resident")
 RESIDENT_FRACTION = 0.5  # auto: the splits may take this much of the free memory; the rest is the model's
 _READ_BYTES = 64 << 20  # bytes of chunks read from the store per read_chunks call while loading
-_BATCH_DTYPES = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
-                 np.dtype(np.float32): torch.float32}
-_WORD_DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32}
 
 
 def _layout(schema: Schema) -> list[tuple[str, int, int, np.dtype, np.dtype]]:
@@ -117,8 +115,8 @@ class ResidentSplit:
         words = self.rows[index] if isinstance(index, slice) else self.rows.index_select(0, index)  # [B, W]
         batch = {}
         for name, start, stop, store_dtype, batch_dtype in self.layout:
-            part = words[:, start:stop].view(_WORD_DTYPES[store_dtype])  # [B, width]
-            batch[name] = part.to(_BATCH_DTYPES[batch_dtype], memory_format=torch.contiguous_format, copy=True)
+            part = words[:, start:stop].view(TORCH_DTYPES[store_dtype])  # [B, width]
+            batch[name] = part.to(TORCH_DTYPES[batch_dtype], memory_format=torch.contiguous_format, copy=True)
         return batch
 
 
