@@ -127,26 +127,22 @@ class FeatureEmbedding(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """-> field embeddings [B, F, D]: sparse fields, pooled sequence fields, embedded dense fields."""
-        emb = self.table(batch["sparse"] + self.offsets)  # [B, F_sparse, D]
-        if self.num_sequences:
-            pooled = self.pool(self.table(batch["seq"] + self.seq_offsets), batch)  # [B, L, D] -> [B, S, D]
-            emb = torch.cat([emb, pooled], dim=1)
-        if self.dense_table is not None:
-            dense = batch["dense"].unsqueeze(-1) * self.dense_table  # [B, F_dense, 1] * [F_dense, D]
-            emb = torch.cat([emb, dense], dim=1)
-        return emb
+        return self.fields(batch, None)
 
-    def fields(self, batch: dict[str, torch.Tensor], pooled: Sequence[str] = ()) -> torch.Tensor:
-        """Like :meth:`forward`, but only the sequence fields named in ``pooled`` are pooled into fields: ->
-        [B, F_sparse + len(pooled) (+ F_dense in ``"embed"`` mode), D], pooled fields in schema order. For
-        models that attend over some sequences (behaviour histories) and feed the others to their DNN."""
+    def fields(self, batch: dict[str, torch.Tensor], pooled: Sequence[str] | None = ()) -> torch.Tensor:
+        """Like :meth:`forward`, but only the sequence fields named in ``pooled`` (None: all of them) are pooled
+        into fields: -> [B, F_sparse + S' (+ F_dense in ``"embed"`` mode), D], pooled fields in schema order.
+        For models that attend over some sequences (behaviour histories) and feed the others to their DNN."""
         emb = self.table(batch["sparse"] + self.offsets)  # [B, F_sparse, D]
-        if pooled:
+        if pooled is None and self.num_sequences:  # every position: no column selection
+            values = self.table(batch["seq"] + self.seq_offsets)  # [B, L, D]
+            emb = torch.cat([emb, self.pool(values, batch)], dim=1)  # [B, F_sparse + S, D]
+        elif pooled:
             cols = self.seq_subset(pooled)[0]  # [L']
             values = self.table(batch["seq"][:, cols] + self.seq_offsets[cols])  # [B, L', D]
             emb = torch.cat([emb, self.pool(values, batch, pooled)], dim=1)  # [B, F_sparse + S', D]
         if self.dense_table is not None:
-            dense = batch["dense"].unsqueeze(-1) * self.dense_table  # [B, F_dense, D]
+            dense = batch["dense"].unsqueeze(-1) * self.dense_table  # [B, F_dense, 1] * [F_dense, D]
             emb = torch.cat([emb, dense], dim=1)
         return emb
 
