@@ -724,17 +724,21 @@ def predict_batch(model: nn.Module, batch: Batch, tasks: int, amp: bool, inputs:
     return torch.cat([c.double() for c in columns], dim=1)
 
 
+def rank_auc(rank_sum: Any, positives: Any, negatives: Any) -> Any:
+    """AUC from ranks (Mann-Whitney): ``(R - P (P + 1) / 2) / (P N)``, with ``R`` the sum of the ranks of the
+    ``P`` positives among ``P + N`` scores (ties averaged). Elementwise on arrays (one AUC per group)."""
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
 def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by ranks (ties averaged, as scikit-learn's roc_auc_score): ``(R - P (P + 1) / 2) / (P N)`` with
-    ``R`` the rank sum of the ``P`` positives among ``N`` negatives; NaN if either class is absent. Here
-    rather than scikit-learn, whose import alone took 1-3 s of every run's start-up."""
+    """ROC AUC by ranks (:func:`rank_auc`, ties averaged, as scikit-learn's roc_auc_score); NaN if either class
+    is absent. Here rather than scikit-learn, whose import alone took 1-3 s of every run's start-up."""
     pos = np.asarray(labels) > 0.5
     p = float(pos.sum())
     n = len(pos) - p
     if p == 0 or n == 0:
         return math.nan
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[pos].sum() - p * (p + 1) / 2) / (p * n))
+    return float(rank_auc(pd.Series(scores).rank(method="average").to_numpy()[pos].sum(), p, n))
 
 
 def binary_logloss(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -751,8 +755,7 @@ def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> flo
     group's (user's) AUC on its own rows, averaged with weights = the group's rows (impressions). A group
     whose rows are all one class has no AUC and is left out; NaN if no group has both classes.
 
-    Vectorized: ranks inside each group (ties averaged), then ``AUC_u = (R_u - P_u (P_u + 1) / 2) / (P_u N_u)``
-    with ``R_u`` the rank sum of the group's positives, ``P_u`` / ``N_u`` its positive / negative rows."""
+    Vectorized: ranks inside each group (ties averaged), then :func:`rank_auc` of every group at once."""
     frame = pd.DataFrame({"g": groups, "s": scores, "pos": np.asarray(labels) > 0.5})
     frame["rank"] = frame.groupby("g")["s"].rank(method="average").where(frame["pos"], 0.0)
     per = frame.groupby("g").agg(rows=("pos", "size"), p=("pos", "sum"), r=("rank", "sum"))
@@ -760,7 +763,7 @@ def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> flo
     ok = (p > 0) & (n > 0)
     if not ok.any():
         return math.nan
-    auc = (per["r"].to_numpy()[ok] - p[ok] * (p[ok] + 1) / 2) / (p[ok] * n[ok])
+    auc = rank_auc(per["r"].to_numpy()[ok], p[ok], n[ok])
     weights = per["rows"].to_numpy(np.float64)[ok]
     return float((auc * weights).sum() / weights.sum())
 
