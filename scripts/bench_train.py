@@ -190,17 +190,21 @@ def store_to_npz(store: Path, npz: Path) -> float:
 
 
 def baseline_venv(venv: Path) -> None:
-    """Create ``venv`` with DeepCTR-Torch unless it has it already (a plain venv: no site packages)."""
+    """Create ``venv`` with DeepCTR-Torch unless it has it already (a plain venv: no site packages). An existing
+    path without it is refused, never cleared: it may be the user's own environment."""
     python = venv / "bin" / "python"
     check = [str(python), "-c", f"import importlib.metadata as m; assert m.version('deepctr-torch') == "
                                 f"'{DEEPCTR.split('==')[1]}'"]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return
+    if venv.exists():
+        raise RuntimeError(f"{venv} exists and is not a venv with {DEEPCTR}; pass a new path with --baseline-venv "
+                           f"(this script creates it) or remove that one yourself")
     pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     packages = [f"{name}=={pins[name]}" for name in ("torch", "numpy", "scikit-learn")] + [DEEPCTR, "requests"]
     print(f"creating {venv} with {' '.join(packages)}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     done = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True)
     if done.returncode:
         lines = done.stderr.strip().splitlines() or ["no output"]

@@ -57,3 +57,12 @@ def test_a_tiny_run_without_the_baseline(tmp_path: Path, capsys: pytest.CaptureF
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["dnn_input_width"] == 39 * 16 and 15_000 < results["train_rows"] < 17_000  # 8:1:1
     assert "--data_path resident" in results["commands"]["ours, resident"]
+
+
+def test_an_existing_baseline_venv_path_without_deepctr_is_refused_and_kept(tmp_path: Path):
+    mine = tmp_path / "myenv"
+    (mine / "bin").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="exists and is not a venv with deepctr-torch==0.3.0"):
+        bench_train.baseline_venv(mine)
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["bin", "notes.txt"]
