@@ -68,7 +68,7 @@ from dataset.resident import DATA_PATHS, ResidentLoader, choose_data_path, make_
 from dataset.schema import POOLINGS, Schema
 from dataset.store import SPLITS, StoreCorruptError, StoreReader
 from layers.embedding import FeatureEmbedding
-from scripts.presets import get_preset, to_argv
+from models.presets import get_preset, to_argv
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
@@ -122,7 +122,7 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
                      help="score a checkpoint (a run dir means its best.pt) on the test split and exit")
     run.add_argument("--seed", type=int, default=2018)
     run.add_argument("--preset", default=None, metavar="NAME",
-                     help="start from a BARS preset's flags (scripts/presets.py), e.g. DeepFM_criteo_x4_001; "
+                     help="start from a BARS preset's flags (models/presets.py), e.g. DeepFM_criteo_x4_001; "
                           "flags given on the command line win")
     run.add_argument("--seq_pooling", choices=POOLINGS, default="mean",
                      help="how the shared embedding pools each sequence field (histories, multi-value fields) into "

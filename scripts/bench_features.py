@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from benchmark import (FIRST_SEED, bench_training, machine_info, machine_line, markdown_table,  # noqa: E402
                        mean_std, portable, quality_hparams, train_once)
-from scripts.presets import to_argv  # noqa: E402
+from models.presets import to_argv  # noqa: E402
 import preprocess  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"

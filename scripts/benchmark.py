@@ -25,7 +25,7 @@ the exact commands). ``--quick``: 50,000 rows, one seed, LR, DeepFM, DCN and MMo
      AUC per task. Census labels are not a funnel: ESMM's pCTCVR = pCTR * pCVR assumes task 2 implies task 1,
      so its loss pushes pCTR (the income tower) toward marital too; both of its columns are shown for
      completeness, not as ESMM's quality.
-3. The BARS Criteo_x4_001 presets (scripts/presets.py): published (BARS, full Criteo_x4) beside measured here.
+3. The BARS Criteo_x4_001 presets (models/presets.py): published (BARS, full Criteo_x4) beside measured here.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ from bench_data import bench_our_loader, bench_preprocessing, in_fresh_process, 
 from dataset.loader import make_loader  # noqa: E402
 from dataset.store import StoreReader  # noqa: E402
 from dataset.synthetic import write_synthetic_criteo  # noqa: E402
-from scripts.presets import PREPROCESS_COMMAND, PRESETS, SHARED_FLAGS, to_argv  # noqa: E402
+from models.presets import PREPROCESS_COMMAND, PRESETS, SHARED_FLAGS, to_argv  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 CRITEO_FILES = ("criteo/head8k.txt", "criteo/spread4k.txt")
@@ -484,7 +484,7 @@ def presets_section(quality: dict[str, Any] | None) -> str:
     return "\n\n".join([
         "### Presets: published (BARS, full Criteo_x4) vs measured here (12k rows, small models)",
         f"Data: `{PREPROCESS_COMMAND}`. Every preset sets `{shared}` plus the model's published "
-        f"hyperparameters and embedding regularizer (scripts/presets.py). The two AUC columns are not comparable "
+        f"hyperparameters and embedding regularizer (models/presets.py). The two AUC columns are not comparable "
         f"runs: 45M rows and the BARS sizes against 12k rows and small models.",
         markdown_table(["model", "preset", "published AUC (BARS, full Criteo_x4)", "published logloss",
                         "measured here: AUC, 12k rows", "command"], rows, "llrrrl"),

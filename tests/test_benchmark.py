@@ -1,4 +1,4 @@
-"""scripts/benchmark.py's table writer and the BARS presets (scripts/presets.py, train.py --preset)."""
+"""scripts/benchmark.py's table writer and the BARS presets (models/presets.py, train.py --preset)."""
 from __future__ import annotations
 
 import sys
@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
-from scripts.presets import PRESETS, SHARED_FLAGS, get_preset, preset_argv, to_argv  # noqa: E402
+from models.presets import PRESETS, SHARED_FLAGS, get_preset, preset_argv, to_argv  # noqa: E402
 
 # -- table writer ----------------------------------------------------------------------------------------------
 

@@ -110,7 +110,7 @@ def get_preset(name: str) -> Preset:
     for key, preset in PRESETS.items():
         if key.lower() == name.lower():
             return preset
-    raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)} (scripts/presets.py)")
+    raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)} (models/presets.py)")
 
 
 def to_argv(flags: dict[str, Any]) -> list[str]:
