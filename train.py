@@ -85,6 +85,7 @@ MONITORS = {"auc": "max", "gauc": "max", "logloss": "min", "rmse": "min", "mae":
 FROM_COMMAND_LINE = ("resume", "eval_only")  # never taken from a saved config
 HARDWARE = ("gpu_ids", "cpu_procs", "num_workers", "amp")  # --eval_only takes these from the command line too
 EVAL_BATCH_CAP = 65536  # the largest default --eval_batch_size
+EMBED_L2_MODES = ("batch", "table")  # --embed_l2_mode: see compute_loss
 
 
 class UsageError(Exception):
@@ -146,7 +147,14 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     opt.add_argument("--dense_init", choices=sorted(models.registry.DENSE_INITS), default="xavier_normal",
                      help="init of Linear/Conv1d/expert weights (embeddings: the model's --embed_init_std)")
     opt.add_argument("--embed_l2", type=float, default=0.0,
-                     help="adds embed_l2 * (squared norm of the embedding rows in the batch) to the loss")
+                     help="L2 weight of the embedding tables (see --embed_l2_mode)")
+    opt.add_argument("--embed_l2_mode", choices=EMBED_L2_MODES, default="batch",
+                     help="batch: adds embed_l2 * ||rows the batch touches||^2 / B to the loss; table: adds "
+                          "embed_l2 / 2 * ||every embedding table||^2, FuxiCTR's embedding_regularizer (what BARS "
+                          "ran; costs a pass over the whole table per step)")
+    opt.add_argument("--clip_grad_norm", type=float, default=0.0, metavar="MAX",
+                     help="before every optimizer step, scale the gradients of all parameters so that their "
+                          "total L2 norm is at most MAX (0: off; FuxiCTR and BARS runs clip at 10)")
     opt.add_argument("--loss", choices=["bce"], default="bce",
                      help="the loss of binary tasks (BCE); regression tasks (a store's task types) use squared error")
     opt.add_argument("--monitor", choices=["auto", *MONITORS], default="auto",
@@ -376,7 +384,7 @@ def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
     eval_batch_size(args)  # checks --eval_batch_size
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
-    for k in ("weight_decay", "embed_l2", "min_lr", "ckpt_minutes"):
+    for k in ("weight_decay", "embed_l2", "clip_grad_norm", "min_lr", "ckpt_minutes"):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
             raise UsageError(f"--{k} must be a finite number >= 0, got {getattr(args, k)}")
     if not 0 < args.lr_decay_factor < 1:  # also refuses NaN
@@ -527,24 +535,34 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -
                                                       patience=args.lr_patience, min_lr=args.min_lr)
 
 
-def compute_loss(model: nn.Module, batch: Batch, logits: torch.Tensor, embed_l2: float) -> torch.Tensor:
+def compute_loss(model: nn.Module, batch: Batch, logits: torch.Tensor, embed_l2: float,
+                 embed_l2_mode: str = "batch") -> torch.Tensor:
     """The training loss of ``logits = model(batch)`` [B, T]: the model's :meth:`~models.base.CTRModel.loss`
     (per-task BCE or squared error weighted by --task_weights, unless the model's paper says otherwise),
-    plus the embedding L2 term."""
+    plus the embedding L2 term ``lambda = embed_l2``:
+
+    * ``batch``: ``lambda * ||rows of the batch||^2 / B`` (:meth:`~layers.embedding.FeatureEmbedding.l2_penalty`);
+    * ``table``: ``lambda / 2 * ||E||^2`` over every table (:meth:`~layers.embedding.FeatureEmbedding.l2_table_penalty`),
+      FuxiCTR's embedding_regularizer, as in every BARS run.
+    """
     loss = model.loss(batch, logits)
-    if embed_l2:
+    if embed_l2 and embed_l2_mode == "table":
+        loss = loss + embed_l2 * model.embedding.l2_table_penalty()
+    elif embed_l2:
         loss = loss + embed_l2 * model.embedding.l2_penalty(batch)
     return loss
 
 
 def make_loss_fn(model: nn.Module, args: argparse.Namespace) -> LossFn:
-    """:func:`compute_loss` bound to the (unwrapped) model, with --task_weights set on it, and --embed_l2."""
+    """:func:`compute_loss` bound to the (unwrapped) model, with --task_weights set on it, and --embed_l2 /
+    --embed_l2_mode (a config saved before --embed_l2_mode existed: batch)."""
     weights = args.task_weights or (1.0,) * model.num_tasks
     if len(weights) != model.num_tasks:
         raise UsageError(f"--task_weights has {len(weights)} values but {type(model).__name__} predicts "
                          f"{model.num_tasks} task(s) {list(model.tasks)}; pass one weight per task")
     model.set_task_weights(weights)
-    return partial(compute_loss, model, embed_l2=args.embed_l2)
+    return partial(compute_loss, model, embed_l2=args.embed_l2,
+                   embed_l2_mode=getattr(args, "embed_l2_mode", "batch"))
 
 
 @dataclass
@@ -592,8 +610,14 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, loss_fn: LossFn, ctx: Ctx,
-               *, amp: bool = False) -> torch.Tensor:
+               *, amp: bool = False, clip: float = 0.0) -> torch.Tensor:
     """One optimizer step of ``model`` (DDP-wrapped when ``ctx.world_size > 1``) on this rank's batch.
+
+    ``clip`` > 0 (--clip_grad_norm): the gradients of all parameters are scaled by ``min(1, clip / (||g|| +
+    1e-6))``, ``||g||`` their total L2 norm, after the backward pass (under DDP: after the all-reduce, so every
+    rank scales the same averaged gradients alike) and before the step, as FuxiCTR's trainer does. The norm
+    stays on the device (no host sync). --amp is bfloat16 autocast with float32 gradients and no GradScaler,
+    so there is nothing to unscale first.
 
     Returns this rank's loss, detached, as a 0-dim float32 tensor on the device: the host never waits for
     the device here. The step is taken whatever the loss is, so a NaN/inf loss leaves NaN/inf weights in
@@ -606,6 +630,8 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
     loss = loss_fn(batch, logits.float())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients are averaged over ranks here
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # foreach kernels where the device has them
     optimizer.step()
     return loss.detach()
 
@@ -1382,7 +1408,8 @@ class Trainer:
                   disable=not self.ctx.master, leave=False, dynamic_ncols=True) as self.bar:
             for batch in self.bar:
                 loss = train_step(self.ddp, self.inputs.select(to_device(batch, self.ctx.device)), self.optimizer,
-                                  self.loss_fn, self.ctx, amp=self.args.amp)
+                                  self.loss_fn, self.ctx, amp=self.args.amp,
+                                  clip=getattr(self.args, "clip_grad_norm", 0.0))
                 p.step_in_epoch += 1
                 p.global_step += 1
                 self.after_step(loss, len(batch["label"]))
@@ -1456,7 +1483,9 @@ class Trainer:
             self.log("test", metrics)
             hparams = {"model": self.config["model"], **self.config["model_hparams"],
                        **{k: vars(self.args)[k] for k in ("optimizer", "lr", "batch_size", "embed_l2",
-                                                             "weight_decay", "seed")}}
+                                                             "weight_decay", "seed")},
+                       **{k: vars(self.args).get(k, d) for k, d in (("embed_l2_mode", "batch"),
+                                                                    ("clip_grad_norm", 0.0))}}
             final = {f"hparam/valid_{self.args.monitor}": p.best_score,
                      **{f"hparam/test_{k}": v for k, v in metrics.items() if "/" not in k}}
             self.writer.add_hparams({k: hparam_value(v) for k, v in hparams.items()}, final, run_name=".",

@@ -232,3 +232,15 @@ class FeatureEmbedding(nn.Module):
             mask = self.seq_mask(batch).unsqueeze(-1)
             penalty = penalty + (self.table(seq).pow(2) * mask).sum() + (self.weight(seq).pow(2) * mask).sum()
         return penalty / batch["sparse"].shape[0]
+
+    def l2_table_penalty(self) -> torch.Tensor:
+        """Half the squared L2 norm of every table, whatever the batch -> scalar:
+        ``1/2 (||E||^2 + ||w||^2 + ||V_dense||^2 + ||w_dense||^2)`` (the bias is not a table).
+
+        FuxiCTR's ``embedding_regularizer`` (``lambda / p * ||W||_p^p`` per embedding parameter, p = 2 for a
+        float lambda; fuxictr/pytorch/models/base_model.py ``add_regularization`` in v1.x, rank_model.py
+        ``regularization_loss`` in v2.x): the trainer adds ``embed_l2 * l2_table_penalty()`` to the loss with
+        ``--embed_l2_mode table``. Every row decays every step, touched or not.
+        """
+        squares = [p.pow(2).sum() for name, p in self.named_parameters() if name != "bias"]
+        return 0.5 * torch.stack(squares).sum()

@@ -610,3 +610,152 @@ def test_mmoe_trains_on_two_labels_and_logs_per_task_auc(tmp_path: Path):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert {"valid/click/auc", "valid/buy/auc", "valid/click/logloss", "test/buy/auc"} <= set(events.Tags()["scalars"])
+
+
+# -- gradient clipping and the embedding regularizer (BARS / FuxiCTR training) ----------------------------------
+
+
+def sgd_setup(schema: Schema, *flags: str,
+              dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, torch.optim.Optimizer, Callable]:
+    """A small DeepFM (no dropout, no BN) with plain SGD at lr 1 (unless ``flags`` say otherwise): a step is
+    ``p - g``."""
+    torch.manual_seed(0)
+    model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,)).to(dtype)
+    args = train.base_parser(False).parse_args(["--optimizer", "sgd", "--lr", "1", *flags])
+    return model, train.make_optimizer(model, args), train.make_loss_fn(model, args)
+
+
+def test_clip_grad_norm_scales_the_step_to_the_hand_clipped_one(schema: Schema):
+    batch = make_batch(schema, 32, seed=3)
+    batch["dense"] = batch["dense"].double()
+    model, optimizer, loss_fn = sgd_setup(schema, "--embed_l2", "0.01", dtype=torch.float64)  # exact steps
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    loss_fn(batch, model(batch)).backward()  # the unclipped gradients, by hand
+    grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
+    max_norm = 1e-3
+    assert norm > 100 * max_norm  # the clip is active
+    scale = max_norm / (norm + 1e-6)
+    train.train_step(model, batch, optimizer, loss_fn, train.Ctx(), clip=max_norm)
+    for k, p in model.named_parameters():
+        step = before[k] - p.detach()
+        torch.testing.assert_close(step, grads.get(k, torch.zeros_like(step)) * scale, rtol=1e-6, atol=1e-11, msg=k)
+    total = math.sqrt(sum(float((before[k] - p.detach()).pow(2).sum()) for k, p in model.named_parameters()))
+    assert total == pytest.approx(norm * scale, rel=1e-6)  # SGD at lr 1: the step is the clipped gradient
+
+
+def test_clip_grad_norm_zero_is_bit_identical_to_no_clipping(schema: Schema):
+    assert train.base_parser(False).parse_args([]).clip_grad_norm == 0.0
+    results = []
+    for kwargs in ({}, {"clip": 0.0}):
+        model, optimizer, loss_fn = sgd_setup(schema, "--embed_l2", "0.01", "--lr", "0.1")
+        for step in range(3):
+            train.train_step(model, make_batch(schema, 16, seed=step), optimizer, loss_fn, train.Ctx(), **kwargs)
+        results.append(model.state_dict())
+    for k, v in results[0].items():
+        assert torch.equal(v, results[1][k]), k
+
+
+def test_embed_l2_modes_match_the_hand_computed_penalty_in_float64(schema: Schema):
+    torch.manual_seed(0)
+    model = models.build_model("DeepFM", schema, embed_dim=4, hidden_units=(8,), embed_init_std=0.1).double()
+    emb = model.embedding
+    with torch.no_grad():
+        emb.weight.weight.normal_()  # a first-order table that is not all zeros
+    batch = make_batch(schema, 16, seed=1)
+    batch["dense"] = batch["dense"].double()
+    logits = model(batch)
+    base = model.loss(batch, logits)
+    lam = 1e-2
+    E, w = emb.table.weight.detach().numpy(), emb.weight.weight.detach().numpy()
+    ids = (batch["sparse"] + emb.offsets).numpy()
+    by_rows = lam * ((E[ids] ** 2).sum() + (w[ids] ** 2).sum()) / len(ids)  # rows the batch touches, per row
+    tables = [p.detach().numpy() for name, p in emb.named_parameters() if name != "bias"]
+    assert len(tables) == 3  # E, w and the dense first-order weights (dense_mode "vector": no dense table)
+    whole = lam / 2 * sum((t ** 2).sum() for t in tables)  # FuxiCTR: lambda / p * ||W||_p^p, p = 2
+    for mode, expected in (("batch", by_rows), ("table", whole)):
+        args = train.base_parser(False).parse_args(["--embed_l2", str(lam), "--embed_l2_mode", mode])
+        loss = train.make_loss_fn(model, args)(batch, logits)
+        assert loss.dtype == torch.float64
+        assert float((loss - base).detach()) == pytest.approx(expected, rel=1e-12), mode
+    assert train.base_parser(False).parse_args([]).embed_l2_mode == "batch"  # the default keeps the old loss
+
+
+def test_table_mode_decays_rows_no_batch_touches(schema: Schema):
+    batch = make_batch(schema, 8, seed=0)
+    batch["sparse"][:, 3] = 2  # C4 (50 ids): only id 2 is touched
+    row = int(model_offsets(schema)[3]) + 7  # C4's id 7: never in the batch
+    moved = {}
+    for mode in ("batch", "table"):
+        model, optimizer, loss_fn = sgd_setup(schema, "--embed_l2", "0.5", "--embed_l2_mode", mode, "--lr", "0.1")
+        before = model.embedding.table.weight[row].detach().clone()
+        train.train_step(model, batch, optimizer, loss_fn, train.Ctx())
+        moved[mode] = model.embedding.table.weight[row].detach()
+        if mode == "table":  # its gradient is lambda * row: SGD scales it by 1 - lr * lambda
+            torch.testing.assert_close(moved[mode], before * (1 - 0.1 * 0.5))
+        else:
+            assert torch.equal(moved[mode], before)
+
+
+def model_offsets(schema: Schema) -> torch.Tensor:
+    from layers.embedding import field_offsets
+    return field_offsets(list(schema.vocab_sizes))
+
+
+def test_clip_grad_norm_and_embed_l2_mode_are_checked():
+    with pytest.raises(train.UsageError, match="--clip_grad_norm must be a finite number >= 0"):
+        train.check_args(*train.parse_args(["--clip_grad_norm", "-1"]))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--embed_l2_mode", "rows"])
+
+
+def ddp_clip_worker(rank: int, port: int, schema: Schema, out: str) -> None:
+    """Rank ``rank`` of 2 gloo processes with --clip_grad_norm and the table regularizer (see ddp_worker)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = train.init_process(rank, 2, torch.device("cpu"))
+    model = ddp_model(schema)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, static_graph=True)
+    args = train.base_parser(False).parse_args(DDP_CLIP_FLAGS)
+    optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args)
+    for step in range(DDP_STEPS):
+        full = make_batch(schema, 2 * DDP_B, seed=step)
+        batch = {k: v[rank * DDP_B:(rank + 1) * DDP_B] for k, v in full.items()}
+        train.train_step(ddp, batch, optimizer, loss_fn, ctx, clip=args.clip_grad_norm)
+    if rank == 0:
+        torch.save(model.state_dict(), out)
+    del ddp
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+DDP_CLIP_FLAGS = ["--embed_l2", "0.01", "--embed_l2_mode", "table", "--lr", "0.01", "--clip_grad_norm", "0.05"]
+
+
+def test_two_gloo_processes_clip_the_averaged_gradient_like_one_process(schema: Schema, tmp_path: Path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(ddp_clip_worker, args=(train.free_port(), schema, str(out)), nprocs=2, join=True)
+    ddp_state = torch.load(out, weights_only=True)
+    model = ddp_model(schema)
+    args = train.base_parser(False).parse_args(DDP_CLIP_FLAGS)
+    optimizer, loss_fn = train.make_optimizer(model, args), train.make_loss_fn(model, args)
+    for s in range(DDP_STEPS):
+        train.train_step(model, make_batch(schema, 2 * DDP_B, seed=s), optimizer, loss_fn, train.Ctx(),
+                         clip=args.clip_grad_norm)
+    unclipped = ddp_model(schema)  # the same run without clipping ends elsewhere: the clip acts
+    args_off = train.base_parser(False).parse_args([*DDP_CLIP_FLAGS, "--clip_grad_norm", "0"])
+    opt_off, loss_off = train.make_optimizer(unclipped, args_off), train.make_loss_fn(unclipped, args_off)
+    for s in range(DDP_STEPS):
+        train.train_step(unclipped, make_batch(schema, 2 * DDP_B, seed=s), opt_off, loss_off, train.Ctx())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert any(not torch.allclose(v, unclipped.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_a_run_with_clip_and_table_regularizer_trains_and_records_them(tmp_path: Path):
+    store = write_store(tmp_path / "store")
+    run_dir = tmp_path / "run"
+    code = train.main([*DEEPFM, "--data", str(store), "--epochs", "1", "--max_steps", "4", "--embed_l2", "1e-4",
+                       "--embed_l2_mode", "table", "--clip_grad_norm", "10", "--model_save_dir", str(run_dir)])
+    assert code == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["train"]["embed_l2_mode"], config["train"]["clip_grad_norm"]) == ("table", 10.0)
