@@ -2,6 +2,7 @@
 
     python preprocess.py criteo [--input train.txt] [--out data/criteo] [--min-count 10] ...
     python preprocess.py census --input ../shared/data/census/census-income.test.gz
+    python preprocess.py criteo --train train.csv --valid valid.csv --test test.csv   # BARS given split files
 
 Each subcommand lives in its dataset/ module, which provides ``add_arguments(parser)`` and
 ``main(args) -> int``; this file parses flags, checks the common ones before any work (``--split``, and
@@ -31,6 +32,9 @@ SUBCOMMANDS = {
     "table": "dataset.table",
     "avazu": "dataset.avazu",
 }
+
+
+GIVEN_SPLIT_FLAGS = ("train", "valid", "test")  # criteo and avazu: given split files, inputs like --input
 
 
 def common_arguments() -> argparse.ArgumentParser:
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = f"data/{args.dataset}"
-    inputs = [path for name, value in sorted(vars(args).items()) if name.endswith("input") and value
+    inputs = [path for name, value in sorted(vars(args).items())
+              if (name.endswith("input") or name in GIVEN_SPLIT_FLAGS) and value
               for path in (value if isinstance(value, list) else [value])]
     try:
         try:

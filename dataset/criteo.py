@@ -2,6 +2,7 @@
 
     python preprocess.py criteo --input data/raw/criteo/train.txt [--dense bucketize|numeric] [--out data/criteo]
     python preprocess.py criteo --synthetic 100000          # no download: generate and preprocess synthetic rows
+    python preprocess.py criteo --train train.csv --valid valid.csv --test test.csv   # BARS Criteo_x4 files
 
 Input: one row per line, tab-separated, no header: ``click I1..I13 C1..C26`` (40 columns); ``click`` is 0/1,
 ``I*`` are integers (may be empty or negative), ``C*`` are 8 lowercase hex digits (may be empty). Plain or
@@ -20,6 +21,12 @@ Output (see dataset/store.py): label ``click``; sparse fields ``C1..C26`` with i
 * ``numeric``: 13 dense floats ``log(1 + max(x, 0))``, the transform of DLRM's Criteo pipeline (Naumov et
   al., "Deep Learning Recommendation Model for Personalization and Recommendation Systems", arXiv 2019:
   negatives clip to 0, then log(x + 1)); a missing cell becomes 0, so it reads like a 0 count.
+
+Given split files (``--train F --valid F --test F``, BARS Criteo_x4: https://github.com/reczoo/Datasets,
+Criteo/Criteo_x4): comma-separated, plain or gzip, a header line ``Label,I1,...,I13,C1,...,C26`` (exactly these
+40 columns, in this order), then rows like the TSV's; an integer may also be written as ``5.0`` (as pandas
+writes an integer column that has empty cells). Every row stays in the split of its file (``--split`` does not
+apply), the vocabularies are fitted on the train file alone, and within a split rows are shuffled as usual.
 
 ``--hash-buckets N`` / ``--hash FIELD=N``: those fields skip the vocabulary (and its counting in pass 1)
 and map each value to ``2 + splitmix64(code) mod N`` (:func:`dataset.vocab.hash_codes`; missing -> 1), so
@@ -59,7 +66,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -68,7 +75,7 @@ from tqdm import tqdm
 from dataset.buckets import ShuffleBuckets, bucket_count
 from dataset.raw import InputError, in_order, is_gzip, open_raw
 from dataset.schema import Schema
-from dataset.split import SPLITS, SplitAssigner, check_common, check_split_rows
+from dataset.split import EVERY_SPLIT_NEEDED, SPLITS, SplitAssigner, check_common, check_split_rows
 from dataset.store import StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
 from dataset.synthetic import write_synthetic_criteo
 from dataset.vocab import Vocabulary, count_values, hash_codes, ids_from_positions
@@ -79,6 +86,8 @@ CAT_FIELDS = tuple(f"C{i}" for i in range(1, 27))
 N_COLUMNS = 1 + len(INT_FIELDS) + len(CAT_FIELDS)
 DENSE_MODES = ("bucketize", "numeric")
 DEFAULT_INPUT = Path("data/raw/criteo/train.txt")
+CSV_HEADER = ("Label", *INT_FIELDS, *CAT_FIELDS)  # the given split files' columns (BARS Criteo_x4)
+SPLIT_FLAGS = {"train": "--train", "valid": "--valid", "test": "--test"}
 RAW_DIR = Path("data/raw")
 BAD_ROW_KINDS = {
     "columns": f"wrong number of columns (a row has {N_COLUMNS} tab-separated columns)",
@@ -144,11 +153,14 @@ def _last_newline(a: np.ndarray, lo: int, hi: int) -> int:
     return lo
 
 
-def read_blocks(path: Path, block_bytes: int) -> Iterator[TextBlock]:
-    """Yield the file's lines in blocks of about ``block_bytes``, each block in a buffer of its own."""
+def read_blocks(path: Path, block_bytes: int, skip_header: bool = False) -> Iterator[TextBlock]:
+    """Yield the file's lines in blocks of about ``block_bytes``, each block in a buffer of its own (after its
+    first line, if ``skip_header``)."""
     stream, raw = open_raw(path)
     tail = np.zeros(0, dtype=np.uint8)  # an unfinished line, carried into the next block
     with stream:
+        if skip_header:
+            stream.readline()
         while True:
             buf = np.empty(len(tail) + block_bytes + 2 * _PAD, dtype=np.uint8)
             buf[:_PAD] = 0
@@ -167,6 +179,23 @@ def read_blocks(path: Path, block_bytes: int) -> Iterator[TextBlock]:
                 continue
             tail = buf[cut:end].copy()
             yield TextBlock(buf, cut - _PAD, False, raw.tell())
+
+
+def csv_to_tsv(block: TextBlock) -> TextBlock:
+    """A block of Criteo_x4 CSV lines -> the same lines as raw Criteo TSV: a ``.0`` that ends a cell is dropped
+    (``5.0`` -> ``5``; a C cell never holds a dot) and commas become tabs. Nothing else changes, so the TSV
+    tokenizer validates every cell as usual."""
+    text = block.buf[_PAD:_PAD + block.size]
+    after = np.append(text[2:], np.uint8(ord("\n")))  # the byte after each ".0" candidate (end of text: a newline)
+    ends = np.flatnonzero((text[:-1] == ord(".")) & (text[1:] == ord("0"))
+                          & np.isin(after[:len(text) - 1], np.frombuffer(b",\n\r", np.uint8)))
+    keep = np.ones(len(text), dtype=bool)
+    keep[ends], keep[ends + 1] = False, False
+    out = text[keep] if len(ends) else text.copy()
+    out[out == ord(",")] = ord("\t")
+    converted = TextBlock.from_bytes(out.tobytes(), block.at_eof)
+    converted.raw_pos = block.raw_pos
+    return converted
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
@@ -470,19 +499,20 @@ class _Scan:
     split_rows: list[int]
     lines: int
     bad_counts: dict[str, int]
-    bad_lines: dict[str, list[int]]
+    bad_lines: dict[str, list[int | str]]
     counter: _Counter
     buckets: ShuffleBuckets
 
 
-def _estimated_rows(path: Path) -> int:
-    """Rows in a Criteo file, from its size (gzip assumed 4x compressed), rounded up."""
-    return math.ceil(path.stat().st_size * (4 if is_gzip(path) else 1) / 200)  # a row is about 240 bytes of text
+def _estimated_rows(paths: list[Path]) -> int:
+    """Rows in Criteo files, from their sizes (gzip assumed 4x compressed), rounded up."""
+    size = sum(p.stat().st_size * (4 if is_gzip(p) else 1) for p in paths)
+    return math.ceil(size / 200)  # a row is about 240 bytes of text
 
 
-def _n_buckets(path: Path) -> int:
+def _n_buckets(paths: list[Path]) -> int:
     """Buckets for about BUCKET_BYTES of records each, from the input size."""
-    return bucket_count(_estimated_rows(path), RECORD.itemsize, BUCKET_BYTES, MAX_BUCKETS)
+    return bucket_count(_estimated_rows(paths), RECORD.itemsize, BUCKET_BYTES, MAX_BUCKETS)
 
 
 def _records(rows: Rows, dense: str) -> np.ndarray:
@@ -510,9 +540,11 @@ def _bad_row_error(path: Path, kind: str, line: int) -> InputError:
     )
 
 
-def _parse_records(block: TextBlock, dense: str) -> tuple[np.ndarray, dict[str, np.ndarray], int, int]:
-    """One block -> (RECORD [n] with split 0, bad line indices per kind, lines, raw bytes read so far)."""
-    rows, bad, n_lines = parse_block(block)
+def _parse_records(block: TextBlock, dense: str,
+                   csv: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray], int, int]:
+    """One block (``csv``: of a given split file, :func:`csv_to_tsv`) -> (RECORD [n] with split 0, bad line
+    indices per kind, lines, raw bytes read so far)."""
+    rows, bad, n_lines = parse_block(csv_to_tsv(block) if csv else block)
     return _records(rows, dense), bad, n_lines, block.raw_pos
 
 
@@ -525,36 +557,57 @@ def _field_name(col: int) -> str:
     return (INT_FIELDS + CAT_FIELDS)[col]
 
 
-def _pass1(path: Path, bucket_dir: Path, dense: str, ratios: tuple[float, float, float], seed: int,
+@dataclass(frozen=True)
+class Source:
+    """One input file: ``split`` None: the seeded split assigns its rows; else every row goes to that split
+    (0 train, 1 valid, 2 test), from a given split file in Criteo_x4 CSV (``csv``: a header line, commas)."""
+
+    path: Path
+    split: int | None = None
+    csv: bool = False
+
+    def where(self, line: int) -> int | str:
+        """How a bad-row line number is reported: the number alone for one raw file, else ``file:line``."""
+        return f"{self.path.name}:{line}" if self.csv else line
+
+
+def _pass1(sources: list[Source], bucket_dir: Path, dense: str, ratios: tuple[float, float, float], seed: int,
            strict: bool, progress: bool, pool: ThreadPoolExecutor, hashed: dict[str, int]) -> _Scan:
-    """Tokenize, validate, assign splits, count train values (of the fields not hashed), scatter records
-    into bucket files."""
+    """Tokenize, validate, assign splits (or take each file's), count train values (of the fields not hashed),
+    scatter records into bucket files."""
     counted = [c for c in _sparse_columns(dense) if _field_name(c) not in hashed]
     counter = _Counter(counted, [c < 13 for c in counted], pool)
     assigner = SplitAssigner(ratios, seed)
     bucket_rng = np.random.default_rng([seed, 1])
     split_rows, lines = [0, 0, 0], 0
     bad_counts: dict[str, int] = {}
-    bad_lines: dict[str, list[int]] = {}
-    buckets = ShuffleBuckets(bucket_dir, _n_buckets(path), RECORD, SPILL_BYTES)
-    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="criteo pass 1/2: parse",
-               disable=not progress)
+    bad_lines: dict[str, list[int | str]] = {}
+    buckets = ShuffleBuckets(bucket_dir, _n_buckets([s.path for s in sources]), RECORD, SPILL_BYTES)
+    bar = tqdm(total=sum(s.path.stat().st_size for s in sources), unit="B", unit_scale=True,
+               desc="criteo pass 1/2: parse", disable=not progress)
+    done = 0  # bytes of the files already read
     try:
-        blocks = read_blocks(path, BLOCK_BYTES)
-        for rec, bad, n_lines, raw_pos in in_order(pool, _parse_records, blocks, dense, ahead=AHEAD):
-            for kind, index in bad.items():
-                if strict:
-                    raise _bad_row_error(path, kind, lines + 1 + int(index[0]))
-                bad_counts[kind] = bad_counts.get(kind, 0) + len(index)
-                kept = bad_lines.setdefault(kind, [])
-                kept.extend(lines + 1 + int(i) for i in index[:FIRST_LINES_KEPT - len(kept)])
-            lines += n_lines
-            rec["split"] = split = assigner.assign(len(rec))
-            train = rec[split == 0]
-            counter.add(train["codes"], train["missing"])
-            split_rows = [n + int(c) for n, c in zip(split_rows, np.bincount(split, minlength=3))]
-            buckets.add(rec, bucket_rng.integers(len(buckets), size=len(rec)))
-            bar.update(raw_pos - bar.n)
+        for source in sources:
+            first = 2 if source.csv else 1  # file line number of the first data line
+            file_lines = 0
+            blocks = read_blocks(source.path, BLOCK_BYTES, skip_header=source.csv)
+            for rec, bad, n_lines, raw_pos in in_order(pool, _parse_records, blocks, dense, source.csv, ahead=AHEAD):
+                for kind, index in bad.items():
+                    if strict:
+                        raise _bad_row_error(source.path, kind, file_lines + first + int(index[0]))
+                    bad_counts[kind] = bad_counts.get(kind, 0) + len(index)
+                    kept = bad_lines.setdefault(kind, [])
+                    kept.extend(source.where(file_lines + first + int(i)) for i in index[:FIRST_LINES_KEPT - len(kept)])
+                file_lines += n_lines
+                split = assigner.assign(len(rec)) if source.split is None else np.full(len(rec), source.split, np.int8)
+                rec["split"] = split
+                train = rec[split == 0]
+                counter.add(train["codes"], train["missing"])
+                split_rows = [n + int(c) for n, c in zip(split_rows, np.bincount(split, minlength=3))]
+                buckets.add(rec, bucket_rng.integers(len(buckets), size=len(rec)))
+                bar.update(done + raw_pos - bar.n)
+            lines += file_lines
+            done += source.path.stat().st_size
     finally:
         bar.close()
     counter.flush()
@@ -626,6 +679,32 @@ def _check_options(path: Path, min_count: int, dense: str, split: tuple[float, f
     if dense not in DENSE_MODES:
         raise InputError(f"--dense must be one of {DENSE_MODES}, got {dense!r}")
     return check_common(split, min_count, chunk_size)
+
+
+def check_split_files(files: Mapping[str, str | os.PathLike]) -> list[Source]:
+    """Given split files (``{"train": path, "valid": path, "test": path}``), checked before any work: each
+    exists, is not empty and starts with the Criteo_x4 header (:data:`CSV_HEADER`) -> their sources."""
+    missing = [SPLIT_FLAGS[s] for s in SPLITS if not files.get(s)]
+    if missing or set(files) - set(SPLITS):
+        raise InputError(f"given split files need all of --train, --valid and --test; missing {', '.join(missing)}")
+    sources = []
+    for index, split in enumerate(SPLITS):
+        path, flag = Path(files[split]), SPLIT_FLAGS[split]
+        if not path.is_file():
+            raise InputError(f"{flag} file {path} does not exist; pass the BARS Criteo_x4 {split}.csv")
+        if path.stat().st_size == 0:
+            raise InputError(f"{flag} file {path} is empty; pass the BARS Criteo_x4 {split}.csv")
+        stream, _ = open_raw(path)
+        with stream:
+            first = stream.readline().decode("utf-8", "replace").rstrip("\r\n")
+        cells = first.split(",")
+        if tuple(cells) != CSV_HEADER:
+            absent = [c for c in CSV_HEADER if c not in cells]
+            detail = f"it lacks {', '.join(absent)}" if absent else f"its header is {first[:80]!r}"
+            raise InputError(f"{flag} file {path} is not a Criteo_x4 CSV: {detail}; the first line must be "
+                             f"{','.join(CSV_HEADER[:3])},...,C26 (Label, I1..I13, C1..C26 in this order)")
+        sources.append(Source(path, index, csv=True))
+    return sources
 
 
 def _check_hashed(hashed: dict[str, int], dense: str) -> dict[str, int]:
@@ -702,11 +781,15 @@ def _keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 512 << 20)
 
 
-def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike, *, min_count: int = 10,
+def preprocess_criteo(input_path: str | os.PathLike | Mapping[str, str | os.PathLike], out_path: str | os.PathLike,
+                      *, min_count: int = 10,
                       dense: str = "bucketize", split: tuple[float, float, float] = (0.8, 0.1, 0.1),
                       seed: int = 2018, chunk_size: int = 8192, overwrite: bool = False, strict: bool = False,
                       progress: bool = True, hashed: dict[str, int] | None = None) -> dict[str, Any]:
     """Raw Criteo TSV (plain or gzip) -> LMDB store at ``out_path`` (see the module docstring).
+
+    ``input_path``: one raw file, split by ``split`` and ``seed``; or given split files ``{"train": path,
+    "valid": path, "test": path}`` in Criteo_x4 CSV, each row kept in its file's split (``split`` unused).
 
     ``hashed``: field name -> bucket count for the fields hashed instead of given a vocabulary.
 
@@ -717,39 +800,53 @@ def preprocess_criteo(input_path: str | os.PathLike, out_path: str | os.PathLike
     :func:`~dataset.store.check_out`); :class:`~dataset.store.OutOfSpaceError` if the disk fills up.
     """
     start = time.perf_counter()
-    path, out = Path(input_path), Path(out_path)
-    ratios = _check_options(path, min_count, dense, split, chunk_size)
+    out = Path(out_path)
+    if isinstance(input_path, Mapping):
+        sources = check_split_files(input_path)
+        ratios = _check_options(sources[0].path, min_count, dense, split, chunk_size)
+        name = ", ".join(s.path.name for s in sources)
+    else:
+        sources = [Source(Path(input_path))]
+        ratios = _check_options(sources[0].path, min_count, dense, split, chunk_size)
+        name = sources[0].path.name
+    paths = [s.path for s in sources]
     hashed = _check_hashed(hashed or {}, dense)
-    check_out(out, overwrite, inputs=[path])
+    check_out(out, overwrite, inputs=paths)
     _keep_freed_memory()
     bucket_dir = scratch_dir(out)
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="criteo")
     try:
         try:
-            scan = _pass1(path, bucket_dir, dense, ratios, seed, strict, progress, pool, hashed)
+            scan = _pass1(sources, bucket_dir, dense, ratios, seed, strict, progress, pool, hashed)
         except OSError as e:
             reason = space_failure(e, bucket_dir)
             if not reason:
                 raise
             shutil.rmtree(bucket_dir, ignore_errors=True)
-            rows = _estimated_rows(path)
+            rows = _estimated_rows(paths)
             raise out_of_space(reason, bucket_dir, f"the shuffle buckets need about "
                                f"{human_size(rows * RECORD.itemsize)} (about {rows:,} rows x {RECORD.itemsize} "
                                f"bytes)") from None
         if not sum(scan.split_rows):
             raise InputError(
-                f"{path}: none of its {scan.lines:,} lines is a valid Criteo row: "
+                f"{name}: none of its {scan.lines:,} lines is a valid Criteo row: "
                 f"{_bad_summary(scan.bad_counts, scan.bad_lines)}; pass the raw labelled train.txt"
             )
-        check_split_rows(scan.split_rows, str(path))
+        if len(sources) > 1:
+            empty = [f"{SPLIT_FLAGS[s]} {p}" for s, p, n in zip(SPLITS, paths, scan.split_rows) if not n]
+            if empty:
+                raise InputError(f"{' and '.join(empty)}: no valid Criteo row ({EVERY_SPLIT_NEEDED}); "
+                                 f"check the file{'s' if len(empty) > 1 else ''}")
+        check_split_rows(scan.split_rows, name)
         fitted = iter(FieldEncoder.fit(counts, min_count, hex_codes=not sign)
                       for counts, sign in zip(scan.counter.counts, scan.counter.signed))
         encoders = [HashedField(hashed[_field_name(c)]) if _field_name(c) in hashed else next(fitted)
                     for c in _sparse_columns(dense)]
         with StoreWriter(out, _schema(encoders, dense), "criteo", chunk_size, overwrite,
                          expected_rows=sum(scan.split_rows)) as writer:
-            writer.meta["options"] = {"input": path.name, "min_count": min_count, "dense": dense,
-                                      "split": list(ratios), "seed": seed, "chunk_size": chunk_size,
+            writer.meta["options"] = {"input": name, "min_count": min_count, "dense": dense,
+                                      "split": list(ratios) if len(sources) == 1 else "given",
+                                      "seed": seed, "chunk_size": chunk_size,
                                       "hashed": dict(sorted(hashed.items()))}
             writer.meta["stats"] = {"lines": scan.lines, "rows": sum(scan.split_rows),
                                     "skipped": dict(scan.bad_counts), "skipped_lines": dict(scan.bad_lines)}
@@ -786,6 +883,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "values never seen still get a bucket)")
     parser.add_argument("--hash", nargs="+", default=[], metavar="FIELD=N",
                         help="hash these fields into N buckets each, e.g. --hash C3=1000000 C12=1000000")
+    for split, flag in SPLIT_FLAGS.items():
+        parser.add_argument(flag, default=None, metavar="FILE",
+                            help=f"given split file: BARS Criteo_x4 {split}.csv (plain or gzip, with its header); "
+                                 f"pass --train, --valid and --test together, instead of --input")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N",
                         help=f"generate N synthetic rows into {RAW_DIR}/criteo_synthetic_N.txt and preprocess them")
 
@@ -797,9 +898,18 @@ def main(args: argparse.Namespace) -> int:
         raise InputError("pass either --input or --synthetic N, not both")
     if args.synthetic is not None and args.synthetic < 1:
         raise InputError(f"--synthetic N needs N >= 1, got {args.synthetic}")
+    given = {s: getattr(args, s) for s in SPLITS if getattr(args, s, None)}
+    if given and (args.input is not None or args.synthetic is not None):
+        raise InputError(f"pass either --input (or --synthetic) or the given split files --train/--valid/--test, "
+                         f"not both; got {'--input' if args.input is not None else '--synthetic'} with "
+                         f"{', '.join(SPLIT_FLAGS[s] for s in given)}")
     hashed = parse_hash_flags(args.hash_buckets, args.hash)
     _check_hashed(hashed, args.dense)
-    path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
+    if given:
+        path: Path | dict[str, str] = given
+        check_split_files(given)  # before anything is generated or opened for writing
+    else:
+        path = synthetic_input(args.synthetic, args.seed) if args.synthetic else Path(args.input or DEFAULT_INPUT)
     preprocess_criteo(path, args.out, min_count=args.min_count, dense=args.dense, split=ratios, seed=args.seed,
                       chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict, hashed=hashed)
     return 0
