@@ -805,10 +805,11 @@ def preprocess_criteo(input_path: str | os.PathLike | Mapping[str, str | os.Path
         sources = check_split_files(input_path)
         ratios = _check_options(sources[0].path, min_count, dense, split, chunk_size)
         name = ", ".join(s.path.name for s in sources)
+        where = ", ".join(str(s.path) for s in sources)  # in error messages
     else:
         sources = [Source(Path(input_path))]
         ratios = _check_options(sources[0].path, min_count, dense, split, chunk_size)
-        name = sources[0].path.name
+        name, where = sources[0].path.name, str(sources[0].path)
     paths = [s.path for s in sources]
     hashed = _check_hashed(hashed or {}, dense)
     check_out(out, overwrite, inputs=paths)
@@ -829,7 +830,7 @@ def preprocess_criteo(input_path: str | os.PathLike | Mapping[str, str | os.Path
                                f"bytes)") from None
         if not sum(scan.split_rows):
             raise InputError(
-                f"{name}: none of its {scan.lines:,} lines is a valid Criteo row: "
+                f"{where}: none of its {scan.lines:,} lines is a valid Criteo row: "
                 f"{_bad_summary(scan.bad_counts, scan.bad_lines)}; pass the raw labelled train.txt"
             )
         if len(sources) > 1:
@@ -837,7 +838,7 @@ def preprocess_criteo(input_path: str | os.PathLike | Mapping[str, str | os.Path
             if empty:
                 raise InputError(f"{' and '.join(empty)}: no valid Criteo row ({EVERY_SPLIT_NEEDED}); "
                                  f"check the file{'s' if len(empty) > 1 else ''}")
-        check_split_rows(scan.split_rows, name)
+        check_split_rows(scan.split_rows, where)
         fitted = iter(FieldEncoder.fit(counts, min_count, hex_codes=not sign)
                       for counts, sign in zip(scan.counter.counts, scan.counter.signed))
         encoders = [HashedField(hashed[_field_name(c)]) if _field_name(c) in hashed else next(fitted)

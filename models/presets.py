@@ -1,6 +1,9 @@
 """BARS Criteo_x4_001 presets: the published configuration and test result of every model that has one.
 
-    python preprocess.py criteo --input data/raw/criteo/train.txt --out data/criteo   # min-count 10, bucketized
+The exact reproduction (the BARS Criteo_x4 files, https://huggingface.co/datasets/reczoo/Criteo_x4):
+
+    python preprocess.py criteo --train data/raw/criteo_x4/train.csv --valid data/raw/criteo_x4/valid.csv \
+        --test data/raw/criteo_x4/test.csv --out data/criteo          # min-count 10 on train, bucketized I fields
     python train.py --preset DeepFM_criteo_x4_001 --data data/criteo
     python train.py --preset DeepFM_criteo_x4_001 --data data/criteo --gpu_ids 0 --lr 2e-3   # given flags win
 
@@ -10,21 +13,39 @@ Zhu et al., "Open Benchmarking for Click-Through Rate Prediction", CIKM 2021), r
 leaderboard ``docs/CTR/leaderboard/criteo_x4_001.csv``. ``auc`` / ``logloss`` below are the README's test
 numbers, copied as published (FuxiCTR v1.0.2 runs; DCNv2 a FuxiCTR v2.2.0 run).
 
-Every Criteo_x4_001 run shares: min-count 10 and ``floor(ln(x)^2)`` bucketized dense fields (preprocess.py's
-criteo defaults), embedding 16 (FFM 4, ONN 8), batch 10000, Adam lr 1e-3, the LR times 0.1 after every
-evaluation without a better valid AUC, early stopping after 2 such evaluations, at most 100 epochs, seed 2019.
-Model hyperparameters are the README's, in train.py's flag names; ``embed_l2`` is BARS' embedding_regularizer.
+Every Criteo_x4_001 run shares: the Criteo_x4 train/valid/test files, min-count 10 and ``floor(ln(x)^2)``
+bucketized dense fields (preprocess.py's criteo defaults), embedding 16 (FFM 4, ONN 8), batch 10000, Adam lr
+1e-3, the LR times 0.1 after every evaluation without a better valid score, early stopping after 2 such
+evaluations, at most 100 epochs, seed 2019, gradients clipped at norm 10 (FuxiCTR's trainer default
+``max_gradient_norm=10``: ``--clip_grad_norm 10``) and no regularizer on the other weights (net_regularizer 0).
+Model hyperparameters are the README's, in train.py's flag names.
+
+``embed_l2`` is the README's embedding_regularizer, a float lambda, which FuxiCTR applies as
+``lambda / 2 * ||W||^2`` to every embedding table (first-order ones included) at every step: v1.x
+``BaseModel.add_regularization`` sums ``(lambda / p) * torch.norm(W, p) ** p`` (p = 2 for a float) over the
+parameters named ``embedding_layer``, v2.x ``regularization_loss`` the same over the FeatureEmbeddingDict
+parameters (v2.0: every nn.Embedding); for Criteo_x4_001, whose fields are all categorical, these are the same
+tables. Every preset therefore sets ``--embed_l2_mode table`` (:meth:`layers.embedding.FeatureEmbedding.
+l2_table_penalty`) with the published lambda; ``--embed_l2_mode batch`` (train.py's default) would regularize
+only the rows a batch touches, ``lambda * ||rows||^2 / B``.
+
+With the given split files, every preset is the published configuration in these respects (data split,
+vocabulary, dense buckets, model, optimizer, schedule, clipping, regularizer). What still differs, so expect
+close but not bit-identical numbers:
+
+* the v1.0.2 runs (all but DCNv2) pick the best epoch and decay the LR by ``AUC - logloss`` on valid (the
+  logged ``monitor: {'AUC': 1, 'logloss': -1}``, read in the DeepFM and ONN logs); train.py monitors AUC, as
+  the DCNv2 (v2.2.0) run does;
+* FuxiCTR fills an empty I cell with 0 before bucketizing (``fill_na: 0``), so a missing I value shares the
+  bucket of 0; preprocess.py keeps it apart (id 1, missing);
+* random streams (init, shuffling, dropout) are torch's under another implementation, so no run matches bit
+  for bit.
+
+A store made from one raw train.txt (``python preprocess.py criteo --input train.txt``) is split 8:1:1 by
+preprocess.py's seed instead: the same sizes, but each split holds other rows than the Criteo_x4 files.
 
 Registered models without a preset: FNN (no Criteo_x4_001 run in BARS), TwoTower (a matching model) and the
 multi-task models ESMM, MMoE, PLE, SharedBottom (Criteo has one label).
-
-What differs from the published runs, so expect close but not identical numbers:
-
-* split: Criteo_x4 is a fixed 8:1:1 split shipped as CSV files; preprocess.py makes its own seeded 8:1:1 split
-  of the same train.txt, so each split holds other rows;
-* regularization: FuxiCTR adds ``lambda/2 * ||E||^2`` of the whole embedding table each step, train.py adds
-  ``lambda * ||rows of the batch||^2 / B`` (``--embed_l2``): the same lambda, scaled differently;
-* FuxiCTR clips gradients at norm 10; train.py does not clip.
 """
 from __future__ import annotations
 
@@ -32,11 +53,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BARS_URL = "https://github.com/reczoo/BARS/tree/main/ranking/ctr"
-PREPROCESS_COMMAND = "python preprocess.py criteo --input data/raw/criteo/train.txt --out data/criteo --min-count 10"
+PREPROCESS_COMMAND = ("python preprocess.py criteo --train data/raw/criteo_x4/train.csv --valid "
+                      "data/raw/criteo_x4/valid.csv --test data/raw/criteo_x4/test.csv --out data/criteo --min-count 10")
 # The training flags every Criteo_x4_001 run shares (train.py's defaults already give lr decay 0.1 per
-# non-improving evaluation: --lr_decay_factor 0.1 --lr_patience 0, and --min_lr 1e-6).
+# non-improving evaluation: --lr_decay_factor 0.1 --lr_patience 0, and --min_lr 1e-6). FuxiCTR clips at 10 and
+# regularizes whole tables (see the module docstring).
 SHARED_FLAGS: dict[str, Any] = {"batch_size": 10000, "optimizer": "adam", "lr": 1e-3, "epochs": 100, "patience": 2,
-                                "seed": 2019}
+                                "seed": 2019, "clip_grad_norm": 10.0, "embed_l2_mode": "table"}
 DNN_1000x5 = (1000, 1000, 1000, 1000, 1000)
 
 
@@ -49,7 +72,7 @@ class Preset:
     folder: str
     auc: float | None
     logloss: float | None
-    embed_l2: float
+    embed_l2: float  # BARS' embedding_regularizer, applied as FuxiCTR does (embed_l2_mode "table")
     hparams: dict[str, Any] = field(default_factory=dict)
     embed_size: int = 16
 

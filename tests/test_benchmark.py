@@ -142,6 +142,7 @@ def test_every_preset_parses_into_its_published_configuration(name: str):
     assert (args.batch_size, args.lr, args.optimizer, args.epochs, args.patience, args.seed) == (
         10000, 1e-3, "adam", 100, 2, 2019)
     assert args.embed_l2 == preset.embed_l2 and hparams["embed_dim"] == preset.embed_size
+    assert (args.clip_grad_norm, args.embed_l2_mode) == (10.0, "table")  # FuxiCTR's clip and table regularizer
     assert {k: hparams[k] for k in preset.hparams} == preset.hparams
     assert preset.auc is not None and 0.79 < preset.auc < 0.82 and 0.43 < preset.logloss < 0.46
 

@@ -681,7 +681,7 @@ def test_embed_l2_modes_match_the_hand_computed_penalty_in_float64(schema: Schem
     assert train.base_parser(False).parse_args([]).embed_l2_mode == "batch"  # the default keeps the old loss
 
 
-def test_table_mode_decays_rows_no_batch_touches(schema: Schema):
+def test_embed_l2_table_mode_decays_rows_no_batch_touches(schema: Schema):
     batch = make_batch(schema, 8, seed=0)
     batch["sparse"][:, 3] = 2  # C4 (50 ids): only id 2 is touched
     row = int(model_offsets(schema)[3]) + 7  # C4's id 7: never in the batch
