@@ -16,7 +16,7 @@ import importlib
 import sys
 
 from dataset.raw import InputError
-from dataset.split import parse_split
+from dataset.split import DEFAULT_SPLIT, parse_split
 from dataset.store import OutOfSpaceError, StoreExistsError, check_out
 
 SUBCOMMANDS = {
@@ -46,7 +46,7 @@ def common_arguments() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=int, default=10,
                    help="values seen fewer times in train map to OOV (default 10, or the dataset's own: amazon, "
                         "frappe, libfm, synthetic_behaviour 1; table and avazu: the spec's)")
-    p.add_argument("--split", default="8,1,1", help="train,valid,test ratios (default 8,1,1)")
+    p.add_argument("--split", default=DEFAULT_SPLIT, help=f"train,valid,test ratios (default {DEFAULT_SPLIT})")
     p.add_argument("--seed", type=int, default=2018, help="seed of the split and the write-time shuffle")
     p.add_argument("--chunk-size", type=int, default=8192, help="rows per LMDB value")
     p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")

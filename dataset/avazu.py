@@ -22,7 +22,7 @@ import dataclasses
 from pathlib import Path
 
 from dataset.raw import InputError, open_raw
-from dataset.split import SPLITS, check_common
+from dataset.split import DEFAULT_SPLIT, SPLITS, check_common
 from dataset.table import BUFFER_BYTES, add_input_arguments, preprocess_table, run
 from dataset.table_spec import TableSpec, load_spec
 from dataset.tabular import resolve_input
@@ -79,6 +79,8 @@ def main(args: argparse.Namespace) -> int:
                             ("--test-input", args.test_input)) if v]
     if mixed:
         raise InputError(f"pass either {'/'.join(mixed)} or the given split files --train/--valid/--test, not both")
+    if args.split != DEFAULT_SPLIT:
+        raise InputError(f"--split {args.split} does not apply to given split files (each file is its split); drop it")
     spec = dataclasses.replace(load_spec(SPEC), header=True)  # given files name their columns in a header
     paths = check_split_files(given, spec)
     ratios = check_common(args.split, args.min_count, args.chunk_size)  # only checked: every file is one split

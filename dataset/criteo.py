@@ -75,7 +75,7 @@ from tqdm import tqdm
 from dataset.buckets import ShuffleBuckets, bucket_count
 from dataset.raw import InputError, in_order, is_gzip, open_raw
 from dataset.schema import Schema
-from dataset.split import EVERY_SPLIT_NEEDED, SPLITS, SplitAssigner, check_common, check_split_rows
+from dataset.split import DEFAULT_SPLIT, EVERY_SPLIT_NEEDED, SPLITS, SplitAssigner, check_common, check_split_rows
 from dataset.store import StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
 from dataset.synthetic import write_synthetic_criteo
 from dataset.vocab import Vocabulary, count_values, hash_codes, ids_from_positions
@@ -904,6 +904,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"pass either --input (or --synthetic) or the given split files --train/--valid/--test, "
                          f"not both; got {'--input' if args.input is not None else '--synthetic'} with "
                          f"{', '.join(SPLIT_FLAGS[s] for s in given)}")
+    if given and args.split != DEFAULT_SPLIT:
+        raise InputError(f"--split {args.split} does not apply to given split files (each file is its split); drop it")
     hashed = parse_hash_flags(args.hash_buckets, args.hash)
     _check_hashed(hashed, args.dense)
     if given:

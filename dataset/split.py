@@ -10,6 +10,7 @@ import numpy as np
 from dataset.raw import InputError
 from dataset.store import SPLITS
 
+DEFAULT_SPLIT = "8,1,1"  # preprocess.py --split
 EVERY_SPLIT_NEEDED = "train.py needs valid rows for early stopping and test rows for the final score"
 
 
@@ -64,4 +65,4 @@ class SplitAssigner:
         return np.searchsorted(self.bounds, self.rng.random(n), side="right").astype(np.int8)
 
 
-__all__ = ["SPLITS", "parse_split", "check_split_rows", "SplitAssigner"]
+__all__ = ["DEFAULT_SPLIT", "SPLITS", "parse_split", "check_split_rows", "SplitAssigner"]

@@ -128,6 +128,8 @@ def test_criteo_given_files_bad_input_fails_before_any_work(tmp_path: Path, caps
         (["--input", CRITEO, "--train", paths["train"], "--valid", paths["valid"], "--test", paths["test"]],
          "pass either --input", "not both"),
         (["--train", paths["train"], "--valid", paths["valid"]], "missing --test", "--train, --valid and --test"),
+        (["--train", paths["train"], "--valid", paths["valid"], "--test", paths["test"], "--split", "7,2,1"],
+         "--split 7,2,1 does not apply to given split files"),
     ]
     for flags, *phrases in cases:
         assert run("criteo", *flags, "--out", out) == 2
@@ -229,6 +231,8 @@ def test_avazu_given_files_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["--input", paths["train"], "--train", paths["train"], "--valid", paths["valid"], "--test", paths["test"]],
          "pass either --input or the given split files"),
         (["--train", paths["train"], "--test", paths["test"]], "missing --valid"),
+        (["--train", paths["train"], "--valid", paths["valid"], "--test", paths["test"], "--split", "7,2,1"],
+         "--split 7,2,1 does not apply to given split files"),
     ]
     for flags, *phrases in cases:
         assert run("avazu", *flags, "--out", out) == 2
