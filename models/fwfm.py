@@ -28,7 +28,8 @@ class FwFM(CTRModel):
     The paper's third variant, FeLV (a second D-wide vector per feature), is not offered: it needs a second
     embedding table of the shared embedding's size.
 
-    Defaults: FiLV as in FuxiCTR's FwFM; BARS Criteo_x4_001 runs LW with embed_dim 16 and L2 5e-6.
+    Defaults: FiLV as in FuxiCTR's FwFM; BARS Criteo_x4_001 runs LW with embed_dim 16 and one L2 of 5e-6 on
+    embeddings and weights alike (FuxiCTR's FwFM `regularizer`).
     Pure interaction model: ``dense_mode="embed"`` lets dense fields join the pairwise term.
 
     Shapes: embeddings [B, F, D]; pair products [B, P]; linear and pairwise terms [B, 1]; logits [B, 1].
