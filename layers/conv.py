@@ -28,7 +28,7 @@ def kmax_pooling(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
 
 
 def flexible_p(layer: int, num_layers: int, num_fields: int) -> int:
-    """CCPM's pooled height after layer ``i`` of ``l`` (Liu et al., CIKM 2015, eq. 4):
+    """CCPM's pooled height after layer ``i`` of ``l`` (Liu et al., CIKM 2015):
     ``p_i = (1 - (i / l)^(l - i)) * n`` for ``i < l``, ``p_l = 3``; floored at 3 (FuxiCTR)."""
     if layer == num_layers:
         return 3
@@ -37,7 +37,7 @@ def flexible_p(layer: int, num_layers: int, num_fields: int) -> int:
 
 class CCPMConv(nn.Module):
     """Convolutional layers of CCPM (Liu, Yu, Wu and Wang, "A Convolutional Click Prediction Model",
-    CIKM 2015, sec. 3): per layer ``i`` (kernel height ``w_i``, ``C_i`` channels)
+    CIKM 2015): per layer ``i`` (kernel height ``w_i``, ``C_i`` channels)
 
         wide convolution:      r = Conv_{w_i}(zero-pad w_i - 1 fields on both sides of s)   height h + w_i - 1
         flexible p-max pooling: keep the p_i largest values of every (channel, dimension) column, in order
@@ -78,7 +78,7 @@ class CCPMConv(nn.Module):
 
 class FeatureGeneration(nn.Module):
     """Feature generation of FGCNN (Liu, Tang, Chen, Yu, Guo and Zhang, "Feature Generation by
-    Convolutional Neural Network for Click-Through Rate Prediction", WWW 2019, sec. 3.2): per layer ``i``
+    Convolutional Neural Network for Click-Through Rate Prediction", WWW 2019): per layer ``i``
 
         C^i = tanh([BN] Conv_{k}(S^{i-1}))      same-height convolution, ``channels[i]`` maps
         S^i = MaxPool_{(p, 1)}(C^i)             height h_i = ceil(h_{i-1} / p) (the last window may be short)

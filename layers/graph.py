@@ -11,7 +11,7 @@ from layers.product import xavier_normal_stack
 
 class FieldGraphAttention(nn.Module):
     """Edge weights of the feature graph of Fi-GNN (Li, Cui, Wu, Zhang and Wang, "Fi-GNN: Modeling
-    Feature Interactions via Graph Neural Networks for CTR Prediction", CIKM 2019, sec. 3.4), a fully
+    Feature Interactions via Graph Neural Networks for CTR Prediction", CIKM 2019), a fully
     connected graph without self-loops:
 
         A_{ij} = exp(LeakyReLU(w^T [e_i ; e_j])) / sum_{k != i} exp(LeakyReLU(w^T [e_i ; e_k])),  A_{ii} = 0
@@ -37,7 +37,7 @@ class FieldGraphAttention(nn.Module):
 
 
 class GraphPropagation(nn.Module):
-    """One state aggregation of Fi-GNN (sec. 3.5, "edge-wise transformation"): node ``j`` sends
+    """One state aggregation of Fi-GNN ("edge-wise transformation"): node ``j`` sends
     ``W_out^j h_j``, node ``i`` weighs what it receives by ``A`` and transforms it with ``W_in^i``:
 
         a_i = W_in^i sum_{j != i} A_{ij} W_out^j h_j + b_p
@@ -60,7 +60,7 @@ class GraphPropagation(nn.Module):
 
 
 class FiGNNLayer(nn.Module):
-    """The gated graph network of Fi-GNN (sec. 3.5): ``T`` propagation steps over the attention graph of
+    """The gated graph network of Fi-GNN: ``T`` propagation steps over the attention graph of
     the input embeddings ``h^0 = e``,
 
         a^t = GraphPropagation_t(A, h^{t-1})
@@ -99,7 +99,7 @@ class FiGNNLayer(nn.Module):
 
 
 class AttentionalScoring(nn.Module):
-    """Attentional scoring layer of Fi-GNN (sec. 3.6): a score per node and an attention weight per node,
+    """Attentional scoring layer of Fi-GNN: a score per node and an attention weight per node,
 
         y_i = w_1^T h_i,   (a_1 .. a_F) = sigmoid(W_2 [h_1 ; ... ; h_F]),   y = sum_i a_i y_i
 

@@ -11,7 +11,7 @@ EULER_EPS = 1e-8  # added to |z|^2 before its log (the authors' code): a zero ve
 
 class LogarithmicTransform(nn.Module):
     """Logarithmic neurons of AFN (Cheng, Shen and Huang, "Adaptive Factorization Network: Learning
-    Adaptive-Order Feature Interactions", AAAI 2020, sec. 3.2):
+    Adaptive-Order Feature Interactions", AAAI 2020):
 
         y_{j,d} = exp( sum_i w_{j,i} ln |e_{i,d}| ) = prod_i |e_{i,d}|^{w_{j,i}}       j = 1..N neurons
 
@@ -50,7 +50,7 @@ def euler_order_init(in_vectors: int, out_vectors: int) -> torch.Tensor:
 
 class EulerInteraction(nn.Module):
     """One Euler interaction layer of EulerNet (Tian, Bai, Zhao, Wen and Cao, "EulerNet: Adaptive Feature
-    Interaction Learning via Euler's Formula for CTR Prediction", SIGIR 2023, sec. 4.2-4.3).
+    Interaction Learning via Euler's Formula for CTR Prediction", SIGIR 2023).
 
     Input and output are complex vectors ``z_j = r_j + i p_j`` (``N_in`` in, ``N_out`` out, each of width D).
 

@@ -51,12 +51,12 @@ class AFN(CTRModel):
 
 @register
 class AFNPlus(AFN):
-    """AFN+ (Cheng et al., AAAI 2020, sec. 3.4): AFN ensembled with a feed-forward DNN, the two logits
+    """AFN+ (Cheng et al., AAAI 2020): AFN ensembled with a feed-forward DNN, the two logits
     weighted by a learned linear layer,
 
         logit = w_1 logit_AFN + w_2 MLP_dnn([e_1, ..., e_F, x_dense]) + b
 
-    Both parts read the shared embedding (the paper and BARS give the DNN its own embedding table; this
+    Both parts read the shared embedding (FuxiCTR, which BARS ran, gives the DNN its own embedding table; this
     repo has one embedding module per model). Defaults follow the BARS Criteo_x4_001 AFN+ config
     (AFN_criteo_x4_004_8fcb4074): the AFN defaults plus a DNN 1000x5 without dropout, batch norm in both
     MLPs (also embedding L2 1e-5, batch 10000, lr 1e-3).

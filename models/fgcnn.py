@@ -22,7 +22,7 @@ class FGCNN(CTRModel):
         E' = [e_1, ..., e_F, g_1, ..., g_G],   (g_1..g_G) = FeatureGeneration(e_1..e_F)
         logit = MLP([vec(E'), x_dense, <f_i, f_j> for every pair i < j of E'])
 
-    Both parts read the shared embedding (the paper and BARS give feature generation its own table,
+    Both parts read the shared embedding (FuxiCTR, which BARS ran, gives feature generation its own table,
     ``share_embedding: false``; this repo has one embedding module per model).
 
     Defaults follow the BARS Criteo_x4_001 FGCNN config (FGCNN_criteo_x4_001_4832442e): conv channels
