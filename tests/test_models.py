@@ -23,7 +23,8 @@ SMALL_SIZES = {"embed_dim": 8, "hidden_units": (64, 64), "cin_layer_sizes": (16,
                "expert_units": (32,), "bottom_units": (64,), "tower_units": (16,), "num_shared_experts": 2,
                "logarithmic_neurons": 16,
                "dnn_hidden_units": (64, 64),
-               "channels": (4, 4, 4)}
+               "channels": (4, 4, 4),
+               "recombined_channels": 1}
 
 
 def small(name: str) -> dict:
