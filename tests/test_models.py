@@ -21,10 +21,8 @@ ALL_MODELS = models.model_names()
 # Paper-sized towers (1000x5 DNNs) make no difference to what these tests check, only to their run time.
 SMALL_SIZES = {"embed_dim": 8, "hidden_units": (64, 64), "cin_layer_sizes": (16, 16), "attention_layers": 2,
                "expert_units": (32,), "bottom_units": (64,), "tower_units": (16,), "num_shared_experts": 2,
-               "hidden_units2": (32,),
-               "fusion_heads": 2,
-               "block2_units": (32,),
-               }
+               "hidden_units2": (32,), "fusion_heads": 2, "block2_units": (32,), "logarithmic_neurons": 16,
+               "dnn_hidden_units": (64, 64), "channels": (4, 4, 4), "recombined_channels": 1}
 
 
 def small(name: str) -> dict:
