@@ -296,7 +296,7 @@ def markdown(table: Table) -> str:
 
 def csv_text(table: Table) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv.writer(buf, lineterminator="\n")
     numbers = [*table.metrics, "best_epoch", "samples_per_s"]
     writer.writerow([*table.varying, "n", "seeds", *(f"{m}_{s}" for m in numbers for s in ("mean", "std")),
                      "params", "vs_best", "within_noise_of_best", "run_dirs"])
