@@ -7,7 +7,8 @@
 ``curves`` reads each run's TensorBoard event files (tensorboard's EventAccumulator: ``valid/auc`` and
 ``train/loss``, every event file of the run dir, a resumed run's purged points dropped) and draws one line per
 run on two panels. ``auc`` and ``throughput`` take scripts/results.py's aggregation of every run below the
-DIRs: one bar per configuration (labelled by the model and the keys that differ between configurations),
+DIRs: one point (auc, on an axis zoomed to the values) or bar (throughput) per configuration, labelled by
+the model and the keys that differ between configurations;
 the mean over seeds with the sample std as error bar (none for a single seed). ``--out``'s suffix picks the
 format (.png or .svg); without a suffix both ``F.png`` and ``F.svg`` are written. Matplotlib runs headless
 (the Agg backend).
@@ -112,9 +113,12 @@ def plot_bars(table: results.Table, column: str, ylabel: str, title: str, out: P
     x = range(len(bars))
     means = [s[0] for _, s in bars]
     errors = [s[1] or 0.0 for _, s in bars]
-    ax.bar(x, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    if column == "auc":  # AUCs differ in the third decimal: points on a zoomed axis (a cut bar would mislead)
+        ax.errorbar(x, means, yerr=errors, fmt="o", capsize=4, color="tab:blue")
+    else:
+        ax.bar(x, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
     ax.set_xticks(list(x), [label for label, _ in bars], fontsize=7)
-    if column == "auc":  # AUCs differ in the third decimal: zoom in around them
+    if column == "auc":
         low = min(m - e for m, e in zip(means, errors))
         high = max(m + e for m, e in zip(means, errors))
         pad = max(0.005, 0.2 * (high - low))

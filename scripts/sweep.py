@@ -619,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dry_run(out, runs, slots, previous, flag_names()[1])
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".sweep.lock", "w")
+    lock = open(out / ".sweep.lock", "a")  # held (flock) while the sweep runs; never written
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -175,7 +175,7 @@ def test_a_failing_run_is_reported_with_its_log_and_the_others_finish(store, tmp
     done = run_sweep(spec, out)
     assert done.returncode == 1, done.stderr
     bad_log = out / "LR" / "lr=-1.0" / "seed=1" / "train.log"
-    assert f"failed: LR/lr=-1.0/seed=1" in done.stdout and str(bad_log) in done.stdout
+    assert "failed: LR/lr=-1.0/seed=1" in done.stdout and str(bad_log) in done.stdout
     assert "--lr must be a finite number > 0" in bad_log.read_text()
     assert "(log: " + str(bad_log) in done.stdout
     assert list(test_metrics(out)) == ["LR/lr=0.01/seed=1"]
@@ -242,6 +242,7 @@ def test_a_killed_sweep_continues_where_it_stopped_with_the_same_test_metrics(gr
     time.sleep(1.0)  # train.py died with the sweep (PR_SET_PDEATHSIG): its run stays unfinished
     assert not (killed_at / "metrics.json").exists()
     resumable = (killed_at / "last.pt").is_file()
+    print(f"killed during {killed_at.relative_to(out)}: {'resumes from last.pt' if resumable else 'starts again'}")
     again = run_sweep(spec, out)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4/4 runs done" in again.stdout
