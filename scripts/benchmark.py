@@ -363,13 +363,23 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
-def mean_std(values: Sequence[float], digits: int = 4) -> str:
-    """``[0.7, 0.72]`` -> ``"0.7100 ± 0.0141"`` (sample std); one value -> ``"0.7000"``; none -> ``"n/a"``."""
+def mean_and_std(values: Sequence[float]) -> tuple[float, float | None] | None:
+    """``[0.7, 0.72]`` -> ``(0.71, 0.0141...)``: the mean and the sample standard deviation (n - 1) of the
+    values that are not NaN; std None for one value; None for none. The numbers behind :func:`mean_std`
+    (scripts/results.py sorts and compares them)."""
     values = [v for v in values if not math.isnan(v)]
     if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """``[0.7, 0.72]`` -> ``"0.7100 ± 0.0141"`` (sample std); one value -> ``"0.7000"``; none -> ``"n/a"``."""
+    stats = mean_and_std(values)
+    if stats is None:
         return "n/a"
-    mean = f"{statistics.fmean(values):.{digits}f}"
-    return f"{mean} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else mean
+    mean, std = stats
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _speed_cells(r: dict[str, Any], device: str) -> list[str]:
