@@ -20,7 +20,7 @@ class DeepFM(CTRModel):
 
     Defaults: the paper's Criteo network (hidden 400-400-400, ReLU), without its dropout 0.5 (set --dropout).
     The BARS Criteo_x4_001 configuration (1000 x 5, dropout 0.2, embedding L2) is the preset
-    DeepFM_criteo_x4_001 in scripts/presets.py.
+    DeepFM_criteo_x4_001 in models/presets.py.
 
     Shapes: embeddings [B, F, D]; FM [B, 1]; DNN input [B, F*D (+ dense)]; output logits [B, 1].
     """

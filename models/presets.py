@@ -11,7 +11,7 @@ Source: the BARS benchmark (Zhu et al., "BARS: Towards Open Benchmarking for Rec
 Zhu et al., "Open Benchmarking for Click-Through Rate Prediction", CIKM 2021), repository reczoo/BARS: one
 ``ranking/ctr/<Model>/<Model>_criteo_x4_001/README.md`` per model (its logged config and test result) and the
 leaderboard ``docs/CTR/leaderboard/criteo_x4_001.csv``. ``auc`` / ``logloss`` below are the README's test
-numbers, copied as published (FuxiCTR v1.0.2 runs; DCNv2 a FuxiCTR v2.2.0 run).
+numbers, copied as published (FuxiCTR v1.0.2 runs; DCNv2, FinalMLP, FinalNet and MaskNet FuxiCTR v2.2.0 runs).
 
 Every Criteo_x4_001 run shares: the Criteo_x4 train/valid/test files, min-count 10 and ``floor(ln(x)^2)``
 bucketized dense fields (preprocess.py's criteo defaults), embedding 16 (FFM 4, ONN 8), batch 10000, Adam lr
@@ -33,9 +33,9 @@ With the given split files, every preset is the published configuration in these
 vocabulary, dense buckets, model, optimizer, schedule, clipping, regularizer). What still differs, so expect
 close but not bit-identical numbers:
 
-* the v1.0.2 runs (all but DCNv2) pick the best epoch and decay the LR by ``AUC - logloss`` on valid (the
-  logged ``monitor: {'AUC': 1, 'logloss': -1}``, read in the DeepFM and ONN logs); train.py monitors AUC, as
-  the DCNv2 (v2.2.0) run does;
+* the v1.0.2 runs (all but DCNv2, FinalMLP, FinalNet, MaskNet) pick the best epoch and decay the LR by
+  ``AUC - logloss`` on valid (the logged ``monitor: {'AUC': 1, 'logloss': -1}``, read in the DeepFM and ONN
+  logs); train.py monitors AUC, as the v2.2.0 runs do;
 * FuxiCTR fills an empty I cell with 0 before bucketizing (``fill_na: 0``), so a missing I value shares the
   bucket of 0; preprocess.py keeps it apart (id 1, missing);
 * random streams (init, shuffling, dropout) are torch's under another implementation, so no run matches bit
@@ -44,8 +44,13 @@ close but not bit-identical numbers:
 A store made from one raw train.txt (``python preprocess.py criteo --input train.txt``) is split 8:1:1 by
 preprocess.py's seed instead: the same sizes, but each split holds other rows than the Criteo_x4 files.
 
-Registered models without a preset: FNN (no Criteo_x4_001 run in BARS), TwoTower (a matching model) and the
-multi-task models ESMM, MMoE, PLE, SharedBottom (Criteo has one label).
+Registered models without a preset: FNN, IFM, DIFM, DeepFEFM, MLR, FLEN, GDCN, DLRM, EDCN, EulerNet (no
+Criteo_x4_001 run in BARS; DLRM and EDCN have Criteo_x1 runs only, FLEN an Avazu_x4 one), TwoTower (a matching
+model), the behaviour-sequence models DIN, DIEN, BST, DSIN (Criteo has no histories) and the multi-task models
+ESMM, MMoE, PLE, SharedBottom (Criteo has one label). FinalMLP, FinalNet and MaskNet are FuxiCTR v2.2.0 runs
+(monitor AUC, like DCNv2); FwFM, AFN, AFN+, FiGNN, CCPM and FGCNN v1.0.2 runs. Two presets differ from their run
+in the model itself: FwFM's one regularizer also covers the FwFM weights in FuxiCTR, and BARS' FGCNN gives
+feature generation its own embedding table (share_embedding False).
 """
 from __future__ import annotations
 
@@ -125,6 +130,31 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             activation="relu", dropout=0.0, batch_norm=False),
     _preset("ONN_criteo_x4_001", "ONN", "ONN", 0.814772, 0.437190, 1e-5, embed_size=8,
             hidden_units=(1000, 1000, 1000), activation="relu", dropout=0.4, batch_norm=False),
+    # FwFM's one ``regularizer: 5e-06`` also regularizes FuxiCTR's FwFM weights; here only the tables.
+    _preset("FwFM_criteo_x4_001", "FwFM", "FwFM", 0.811214, 0.440797, 5e-6, linear_type="LW"),
+    _preset("AFN_criteo_x4_001", "AFN", "AFN", 0.811513, 0.440225, 1e-6, logarithmic_neurons=1200,
+            hidden_units=(1000, 1000, 1000, 1000), activation="relu", dropout=0.2, batch_norm=True),
+    _preset("AFN+_criteo_x4_001", "AFNPlus", "AFN", 0.813804, 0.438404, 1e-5, logarithmic_neurons=1200,
+            hidden_units=(1000, 1000, 1000, 1000), activation="relu", dropout=0.2, batch_norm=True,
+            dnn_hidden_units=DNN_1000x5, dnn_dropout=0.0),
+    _preset("FiGNN_criteo_x4_001", "FiGNN", "FiGNN", 0.813803, 0.438285, 1e-5, gnn_layers=4, use_gru=True,
+            use_residual=True, reuse_graph_layer=False),
+    _preset("CCPM_criteo_x4_001", "CCPM", "CCPM", 0.810411, 0.441482, 1e-5, channels=(64, 128, 256),
+            kernel_heights=(7, 5, 3), activation="tanh"),
+    # BARS' FGCNN runs with share_embedding False (a second table for feature generation); ours shares one.
+    _preset("FGCNN_criteo_x4_001", "FGCNN", "FGCNN", 0.812061, 0.439800, 1e-5, batch_size=5000,
+            channels=(38, 40, 42, 44), kernel_heights=9, pooling_sizes=2, recombined_channels=3,
+            conv_activation="tanh", conv_batch_norm=True, hidden_units=(1000, 1000, 1000), activation="relu",
+            dropout=0.0, batch_norm=False),
+    _preset("MaskNet_criteo_x4_001", "MaskNet", "MaskNet", 0.813420, 0.438748, 1e-5, structure="parallel",
+            num_blocks=2, block_dim=500, reduction_ratio=0.1, hidden_units=DNN_1000x5, activation="relu",
+            dropout=0.3, layer_norm=False, embed_layer_norm=False),
+    _preset("FinalMLP_criteo_x4_001", "FinalMLP", "FinalMLP", 0.814584, 0.437353, 1e-5, hidden_units=DNN_1000x5,
+            hidden_units2=(500,), activation="relu", dropout=0.2, dropout2=0.1, batch_norm=False, fusion_heads=50,
+            feature_selection=False),
+    _preset("FinalNet_criteo_x4_001", "FinalNet", "FinalNet", 0.814966, 0.437116, 1e-5, batch_size=8192,
+            block_type="2B", feature_gating=True, hidden_units=(1000, 1000, 1000), block2_units=(512,),
+            activation="relu", dropout=0.4, batch_norm=True, residual_type="concat"),
 )}
 
 

@@ -72,7 +72,10 @@ LOADER_WORKERS = 2
 # Quality runs: small models for 12k rows; each key applies to the models that take it.
 SMALL_HPARAMS: dict[str, Any] = {"hidden_units": (64, 64), "num_cross_layers": 2, "attention_layers": 2,
                                  "attention_dim": 16, "cin_layer_sizes": (32, 32), "tower_dim": 32,
-                                 "bottom_units": (64,), "expert_units": (16,), "tower_units": (16,)}
+                                 "bottom_units": (64,), "expert_units": (16,), "tower_units": (16,),
+                                 "hidden_units2": (64,), "fusion_heads": 8, "fs_hidden_units": (64,),
+                                 "block2_units": (64,), "block_dim": 64, "top_units": (64, 64),
+                                 "logarithmic_neurons": 64, "dnn_hidden_units": (64, 64), "channels": (8, 16, 32)}
 QUALITY_FLAGS: dict[str, dict[str, Any]] = {
     "criteo": {"embed_size": 16, "batch_size": 256, "epochs": 10, "patience": 2, "num_workers": 0},
     "census": {"embed_size": 16, "batch_size": 1024, "epochs": 10, "patience": 2, "num_workers": 0},

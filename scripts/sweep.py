@@ -190,9 +190,9 @@ def load_spec(path: Path) -> dict[str, Any]:
 
 
 def _preset(name: Any, where: str) -> Any:
-    from scripts.presets import get_preset
+    from models.presets import get_preset
     if not isinstance(name, str):
-        raise SpecError(f"{where}preset: a preset name (scripts/presets.py), got {name!r}")
+        raise SpecError(f"{where}preset: a preset name (models/presets.py), got {name!r}")
     try:
         return get_preset(name)
     except ValueError as e:
@@ -311,8 +311,8 @@ def _duplicates(names: Sequence[str]) -> set[str]:
 
 
 def flag_argv(flags: dict[str, Any], store_true: set[str]) -> list[str]:
-    """train.py argv of ``flags`` (scripts/presets.to_argv), leaving out a false store_true switch."""
-    from scripts.presets import to_argv
+    """train.py argv of ``flags`` (models/presets.to_argv), leaving out a false store_true switch."""
+    from models.presets import to_argv
     return to_argv({k: v for k, v in flags.items() if not (v is False and k in store_true)})
 
 
