@@ -131,7 +131,7 @@ class FactorizedInteraction(nn.Module):
         return torch.cat([a, a * c], dim=-1) if self.residual_type == "concat" else a + a * c
 
 
-class FinalBlock(nn.Module):
+class FinalBlock(MLP):
     """A FINAL block: the MLP block with each linear layer replaced by a :class:`FactorizedInteraction`,
     ``FINAL -> [BatchNorm] -> activation -> [Dropout]`` per layer.
 
@@ -140,24 +140,10 @@ class FinalBlock(nn.Module):
 
     def __init__(self, input_dim: int, hidden_units: Sequence[int], activation: str = "relu", dropout: float = 0.0,
                  batch_norm: bool = True, residual_type: str = "concat") -> None:
-        super().__init__()
         if not hidden_units:
             raise ValueError("a FINAL block needs at least one layer; hidden_units is empty")
-        layers: list[nn.Module] = []
-        dim = input_dim
-        for units in hidden_units:
-            layers.append(FactorizedInteraction(dim, units, residual_type))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(units))
-            layers.append(get_activation(activation, units))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            dim = units
-        self.net = nn.Sequential(*layers)
-        self.output_dim = dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        super().__init__(input_dim, hidden_units, activation, dropout, batch_norm,
+                         linear=lambda i, o: FactorizedInteraction(i, o, residual_type))
 
 
 class FieldGate(nn.Module):

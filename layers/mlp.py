@@ -1,7 +1,7 @@
 """The MLP block shared by every deep model."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -11,7 +11,8 @@ from layers.activation import get_activation
 
 class MLP(nn.Module):
     """Stack of ``Linear -> [BatchNorm] -> activation -> [Dropout]`` blocks, optionally followed by a
-    plain linear output layer.
+    plain linear output layer. ``linear(in, out)`` builds each hidden layer's map (FINAL's blocks pass their
+    factorized interaction layer).
 
     Shape: ``[B, input_dim]`` -> ``[B, output_dim]`` if ``output_dim`` is given, else
     ``[B, hidden_units[-1]]`` (or ``[B, input_dim]`` when ``hidden_units`` is empty).
@@ -30,12 +31,13 @@ class MLP(nn.Module):
         dropout: float = 0.0,
         batch_norm: bool = False,
         output_dim: int | None = None,
+        linear: Callable[[int, int], nn.Module] = nn.Linear,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         dim = input_dim
         for units in hidden_units:
-            layers.append(nn.Linear(dim, units))
+            layers.append(linear(dim, units))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(units))
             layers.append(get_activation(activation, units))

@@ -137,9 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("dirs", nargs="+", type=Path, help=what)
         s.add_argument("--out", type=Path, required=True, help="F.png, F.svg, or F (both)")
     args = p.parse_args(argv)
-    missing = [str(d) for d in args.dirs if not d.is_dir()]
-    if missing:
-        p.error(f"not a directory: {', '.join(missing)}")
+    results.require_dirs(p, args.dirs)
     try:
         if args.figure == "curves":
             written = plot_curves(args.dirs, args.out)

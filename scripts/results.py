@@ -313,6 +313,13 @@ def csv_text(table: Table) -> str:
     return buf.getvalue()
 
 
+def require_dirs(parser: argparse.ArgumentParser, dirs: Sequence[Path]) -> None:
+    """Exit with a usage error naming every path of ``dirs`` that is not a directory."""
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        parser.error(f"not a directory: {', '.join(missing)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="results.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -321,9 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV here")
     p.add_argument("--md", type=Path, default=None, help="also write the Markdown here")
     args = p.parse_args(argv)
-    missing = [str(d) for d in args.dirs if not d.is_dir()]
-    if missing:
-        p.error(f"not a directory: {', '.join(missing)}")
+    require_dirs(p, args.dirs)
     try:
         table = aggregate(args.dirs, args.sort)
     except ValueError as e:
