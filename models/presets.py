@@ -80,12 +80,13 @@ class Preset:
     embed_l2: float  # BARS' embedding_regularizer, applied as FuxiCTR does (embed_l2_mode "table")
     hparams: dict[str, Any] = field(default_factory=dict)
     embed_size: int = 16
+    batch_size: int = SHARED_FLAGS["batch_size"]  # FinalNet's run used 8192, FGCNN's 5000
 
     @property
     def flags(self) -> dict[str, Any]:
         """train.py flags (names without ``--``) of this preset, shared ones included."""
-        return {"model": self.model, **SHARED_FLAGS, "embed_size": self.embed_size, "embed_l2": self.embed_l2,
-                **self.hparams}
+        return {"model": self.model, **SHARED_FLAGS, "batch_size": self.batch_size, "embed_size": self.embed_size,
+                "embed_l2": self.embed_l2, **self.hparams}
 
     @property
     def source(self) -> str:
@@ -96,8 +97,8 @@ class Preset:
 
 
 def _preset(name: str, model: str, folder: str, auc: float, logloss: float, embed_l2: float,
-            embed_size: int = 16, **hparams: Any) -> Preset:
-    return Preset(name, model, folder, auc, logloss, embed_l2, hparams, embed_size)
+            embed_size: int = 16, batch_size: int = SHARED_FLAGS["batch_size"], **hparams: Any) -> Preset:
+    return Preset(name, model, folder, auc, logloss, embed_l2, hparams, embed_size, batch_size)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (

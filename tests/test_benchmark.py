@@ -140,7 +140,7 @@ def test_every_preset_parses_into_its_published_configuration(name: str):
     args, hparams = train.parse_args(["--preset", name])
     assert args.model == models.get_model_class(preset.model).__name__
     assert (args.batch_size, args.lr, args.optimizer, args.epochs, args.patience, args.seed) == (
-        10000, 1e-3, "adam", 100, 2, 2019)
+        preset.batch_size, 1e-3, "adam", 100, 2, 2019)
     assert args.embed_l2 == preset.embed_l2 and hparams["embed_dim"] == preset.embed_size
     assert (args.clip_grad_norm, args.embed_l2_mode) == (10.0, "table")  # FuxiCTR's clip and table regularizer
     assert {k: hparams[k] for k in preset.hparams} == preset.hparams
@@ -152,6 +152,7 @@ def test_published_numbers_are_the_bars_readme_values():
     assert get_preset("dcn_CRITEO_x4_001").name == "DCN_criteo_x4_001"
     assert get_preset("AutoInt+_criteo_x4_001").source.endswith("/ranking/ctr/AutoInt/AutoInt+_criteo_x4_001")
     assert SHARED_FLAGS["batch_size"] == 10000
+    assert (get_preset("FinalNet_criteo_x4_001").batch_size, get_preset("FGCNN_criteo_x4_001").batch_size) == (8192, 5000)
 
 
 def test_command_line_flags_win_over_the_preset():
