@@ -732,11 +732,12 @@ class RawRows:
         return BAD_ROW_KINDS[kind]
 
     def blocks(self, path: Path, labelled: bool, pool: ThreadPoolExecutor | None,
-               block_bytes: int = BLOCK_BYTES) -> Iterator[EncodedBlock]:
-        """The file's lines, a block at a time in file order, tokenized on ``pool`` (up to ``AHEAD`` blocks
-        ahead) and encoded."""
+               block_bytes: int | None = None) -> Iterator[EncodedBlock]:
+        """The file's lines, a block at a time (``block_bytes``, default :data:`BLOCK_BYTES`) in file order,
+        tokenized on ``pool`` (up to ``AHEAD`` blocks ahead) and encoded."""
         lines = 0
-        for block in in_order(pool, self._encode_block, read_blocks(path, block_bytes), labelled, ahead=AHEAD):
+        blocks = read_blocks(path, block_bytes or BLOCK_BYTES)
+        for block in in_order(pool, self._encode_block, blocks, labelled, ahead=AHEAD):
             block.shift(lines)
             lines += block.n_lines
             yield block
