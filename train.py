@@ -64,6 +64,7 @@ from tqdm import tqdm
 
 import models
 from dataset.loader import CTRLoader, make_loader
+from dataset.predict_encode import vocabulary_checksum
 from dataset.resident import DATA_PATHS, ResidentLoader, choose_data_path, make_resident_loader
 from dataset.schema import POOLINGS, Schema
 from dataset.store import SPLITS, StoreCorruptError, StoreReader
@@ -1167,7 +1168,8 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
             "run_dir": str(run_dir) if run_dir else None, "world_size": world_size,
             "data_path_reason": data_path_reason,
             "store": {"path": str(args.data), "dataset": meta.get("dataset"), "schema": meta["schema"],
-                      "splits": meta["splits"], "options": meta.get("options", {})}}
+                      "splits": meta["splits"], "options": meta.get("options", {}),
+                      "vocab_checksum": vocabulary_checksum(store)}}
 
 
 def resolve_data_path(args: argparse.Namespace, store: StoreReader, devices: Sequence[torch.device],
@@ -1624,6 +1626,16 @@ def summary(run_dir: Path) -> str:
             f"{m['best_step']}, test {test}; run dir {run_dir} (TensorBoard: {tensorboard_command(run_dir)})")
 
 
+def load_trained(state: dict[str, Any], store: StoreReader, device: torch.device) -> tuple[nn.Module, Inputs]:
+    """A loaded checkpoint (:func:`load_checkpoint`) -> (its model with the saved weights, on ``device``; the
+    inputs that select the columns it reads from ``store``'s batches). --eval_only and scripts/predict.py."""
+    saved = state["config"]["train"]
+    inputs, schema = Inputs.of(store.schema, saved.get("drop_fields", ()), saved.get("labels"), device)
+    model = build(state["config"], schema, device)
+    model.load_state_dict(state["model"])
+    return model, inputs
+
+
 def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     """--eval_only: score a checkpoint on the store's test split (one process: first --gpu_ids id or CPU)."""
     path = checkpoint_path(args)
@@ -1632,10 +1644,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     check_store_matches(store, state["config"])
     gpus = parse_gpu_ids(args.gpu_ids)
     device = torch.device("cuda", gpus[0]) if gpus else torch.device("cpu")
-    saved = state["config"]["train"]
-    inputs, schema = Inputs.of(store.schema, saved.get("drop_fields", ()), saved.get("labels"), device)
-    model = build(state["config"], schema, device)
-    model.load_state_dict(state["model"])
+    model, inputs = load_trained(state, store, device)
     loader = make_loader(store, "test", eval_batch_size(args), train=False, num_workers=args.num_workers)
     metrics, rows = evaluate(model, loader, Ctx(device=device), args.amp, inputs)
     return {"checkpoint": str(path), "split": "test", "rows": rows, **metrics}

@@ -73,10 +73,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from dataset.buckets import ShuffleBuckets, bucket_count
+from dataset.predict_encode import EncodedBlock
 from dataset.raw import InputError, in_order, is_gzip, open_raw
 from dataset.schema import Schema
 from dataset.split import DEFAULT_SPLIT, EVERY_SPLIT_NEEDED, SPLITS, SplitAssigner, check_common, check_split_rows
-from dataset.store import StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
+from dataset.store import StoreReader, StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
 from dataset.synthetic import write_synthetic_criteo
 from dataset.vocab import Vocabulary, count_values, hash_codes, ids_from_positions
 
@@ -281,10 +282,11 @@ def _parse_hex(words: np.ndarray, ends: np.ndarray,
     return codes, missing, (ok & (lengths == 8)) | missing
 
 
-def _cells(text: np.ndarray, at_eof: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Cell bounds of the lines of ``text`` that have 40 cells.
+def _cells(text: np.ndarray, at_eof: bool,
+           n_columns: int = N_COLUMNS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Cell bounds of the lines of ``text`` that have ``n_columns`` cells (40; 39 in unlabelled rows).
 
-    Returns ends, lengths int64 [n, 40] (a cell is ``text[end - length:end]``; a final ``\\r`` is dropped),
+    Returns ends, lengths int64 [n, n_columns] (a cell is ``text[end - length:end]``; a final ``\\r`` is dropped),
     ``good`` int64 [n] (their line indices), the number of cells of every line int64 [lines], and whether
     the last line lacks its ``\\n``.
     """
@@ -297,14 +299,14 @@ def _cells(text: np.ndarray, at_eof: bool) -> tuple[np.ndarray, np.ndarray, np.n
     if unterminated:
         sep, line_end = np.append(sep, len(text)), np.append(line_end, len(sep))
     n_cells = np.diff(line_end, prepend=-1)
-    good = np.flatnonzero(n_cells == N_COLUMNS)
+    good = np.flatnonzero(n_cells == n_columns)
     lengths = np.empty_like(sep)  # a cell starts just after the previous separator
     lengths[:1] = sep[:1]
     np.subtract(sep[1:], sep[:-1] + 1, out=lengths[1:])
     if len(good) == len(line_end):
-        ends, lengths = sep.reshape(-1, N_COLUMNS), lengths.reshape(-1, N_COLUMNS)
+        ends, lengths = sep.reshape(-1, n_columns), lengths.reshape(-1, n_columns)
     else:
-        index = (line_end[good] - (N_COLUMNS - 1))[:, None] + np.arange(N_COLUMNS)
+        index = (line_end[good] - (n_columns - 1))[:, None] + np.arange(n_columns)
         ends, lengths = sep[index], lengths[index]
     carriage_return = text[ends[:, -1] - 1] == ord("\r")
     ends[:, -1] -= carriage_return
@@ -312,24 +314,31 @@ def _cells(text: np.ndarray, at_eof: bool) -> tuple[np.ndarray, np.ndarray, np.n
     return ends, lengths, good, n_cells, unterminated
 
 
-def parse_block(block: TextBlock) -> tuple[Rows, dict[str, np.ndarray], int]:
-    """Tokenize and validate one block of raw Criteo text, vectorized.
+def parse_block(block: TextBlock, labelled: bool = True) -> tuple[Rows, dict[str, np.ndarray], int]:
+    """Tokenize and validate one block of raw Criteo text, vectorized. ``labelled``: rows start with the
+    click column (train.txt); else they are the 39 columns ``I1..I13 C1..C26`` alone (Kaggle's test.txt),
+    and every label is 0.
 
     Returns the valid rows, per bad-row kind (:data:`BAD_ROW_KINDS`) the indices int64 [k] of the lines
     rejected for it (0 = the block's first line), and the number of lines in the block.
     """
     text, words = block.buf[_PAD:_PAD + block.size], _words_ending_at(block)
-    ends, lengths, good, n_cells, unterminated = _cells(text, block.at_eof)
-    label = text[ends[:, 0] - 1]
-    label_ok = (lengths[:, 0] == 1) & ((label | 1) == ord("1"))
-    ints, int_missing, int_ok = _parse_ints(text, words, ends[:, 1:14], lengths[:, 1:14])
-    cats, cat_missing, cat_ok = _parse_hex(words, ends[:, 14:], lengths[:, 14:])
+    first = 1 if labelled else 0  # the column of I1
+    n_columns = N_COLUMNS - 1 + first
+    ends, lengths, good, n_cells, unterminated = _cells(text, block.at_eof, n_columns)
+    if labelled:
+        label = text[ends[:, 0] - 1]
+        label_ok = (lengths[:, 0] == 1) & ((label | 1) == ord("1"))
+    else:
+        label, label_ok = np.full(len(good), ord("0"), np.uint8), np.ones(len(good), bool)
+    ints, int_missing, int_ok = _parse_ints(text, words, ends[:, first:first + 13], lengths[:, first:first + 13])
+    cats, cat_missing, cat_ok = _parse_hex(words, ends[:, first + 13:], lengths[:, first + 13:])
     if len(good) == len(n_cells) and label_ok.all() and int_ok.all() and cat_ok.all():
         return Rows(label - np.uint8(ord("0")), ints, int_missing, cats, cat_missing), {}, len(n_cells)
 
     kind = np.zeros(len(n_cells), dtype=np.int8)  # 0 = valid, else 1 + index in BAD_ROW_KINDS
-    kind[n_cells != N_COLUMNS] = 1 + _KIND_INDEX["columns"]
-    if unterminated and n_cells[-1] != N_COLUMNS:
+    kind[n_cells != n_columns] = 1 + _KIND_INDEX["columns"]
+    if unterminated and n_cells[-1] != n_columns:
         kind[-1] = 1 + _KIND_INDEX["truncated"]
     valid = np.ones(len(good), dtype=bool)
     for name, ok in (("label", label_ok), ("dense", int_ok.all(axis=1)), ("categorical", cat_ok.all(axis=1))):
@@ -417,6 +426,22 @@ class FieldEncoder:
         codes.get_indexer(codes[:1])  # builds the hash table now; threads then only read it
         return cls(vocab, codes)
 
+    @classmethod
+    def from_values(cls, values: list[str], hex_codes: bool) -> "FieldEncoder":
+        """The encoder whose vocabulary keeps ``values`` (``values[i]`` has id ``i + 2``, as
+        :meth:`record` and the store keep them): how prediction rebuilds the encoder preprocessing fitted."""
+        codes = (np.array([int(v, 16) for v in values], np.uint32) if hex_codes
+                 else np.array([int(v) for v in values], np.int32))
+        encoder = cls(Vocabulary(values), pd.Index(codes))
+        if encoder.vocab.values() != list(values):
+            raise ValueError("a stored vocabulary must list its values in id order (sorted, no duplicates)")
+        encoder.codes.get_indexer(encoder.codes[:1])
+        return encoder
+
+    def record(self, hex_codes: bool) -> tuple[list[str], dict[str, Any]]:
+        """-> (values in id order, spec) for :meth:`dataset.store.StoreWriter.put_vocabulary`."""
+        return self.vocab.values(), {"codes": "hex" if hex_codes else "int"}
+
     def encode(self, codes: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """codes [n], missing bool [n] -> ids int64 [n]."""
         return ids_from_positions(self.codes.get_indexer(codes), missing)
@@ -432,6 +457,10 @@ class HashedField:
     field's decoded codes (the 32-bit value of the hex string; the bucket number of a bucketized I field)."""
 
     buckets: int
+
+    def record(self, hex_codes: bool) -> tuple[list[str], dict[str, Any]]:
+        """-> (no values, spec: bucket count and hash) for :meth:`dataset.store.StoreWriter.put_vocabulary`."""
+        return [], {"codes": "hex" if hex_codes else "int", "hash_buckets": self.buckets, "hash": "splitmix64"}
 
     def encode(self, codes: np.ndarray, missing: np.ndarray) -> np.ndarray:
         return hash_codes(codes, missing, self.buckets)
@@ -657,6 +686,73 @@ def _pass2(scan: _Scan, encoders: list[FieldEncoder | HashedField], writer: Stor
             writer.add(name, *parts)
 
 
+# -------------------------------------------------------------------------------- new raw rows (predict)
+
+
+class RawRows:
+    """New raw Criteo rows (train.txt's format, or test.txt's: the same without the click column) -> the
+    store's batch arrays, encoded by the very functions preprocessing ran (:func:`parse_block`,
+    :func:`_records`, :func:`_encode`) with the encoders rebuilt from the vocabularies the store keeps.
+    dataset/predict_encode.py finds this class by the store's dataset name."""
+
+    def __init__(self, store: StoreReader) -> None:
+        self.dense = store.meta["options"]["dense"]
+        self.encoders: list[FieldEncoder | HashedField] = []
+        for col in _sparse_columns(self.dense):
+            record = store.vocabulary(_field_name(col))
+            if "hash_buckets" in record:
+                self.encoders.append(HashedField(int(record["hash_buckets"])))
+            else:
+                self.encoders.append(FieldEncoder.from_values(record["values"], hex_codes=col >= 13))
+        sizes = [len(e) for e in self.encoders]
+        if sizes != list(store.schema.vocab_sizes):
+            raise InputError(f"store {store.path}: its vocabularies give sizes {sizes}, its schema says "
+                             f"{list(store.schema.vocab_sizes)}; the store is damaged: preprocess it again")
+
+    @staticmethod
+    def is_labelled(path: Path) -> bool:
+        """Whether the file's rows carry the click column, from its first line: 40 columns (train.txt) or 39
+        (test.txt). :class:`InputError` if it has neither."""
+        stream, _ = open_raw(path)
+        with stream:
+            first = stream.readline(1 << 16)
+        cells = first.rstrip(b"\r\n").count(b"\t") + 1
+        if cells not in (N_COLUMNS, N_COLUMNS - 1):
+            raise InputError(f"{path}:1: {cells} tab-separated columns; a Criteo row has {N_COLUMNS} (click "
+                             f"I1..I13 C1..C26, as train.txt) or {N_COLUMNS - 1} (no click, as test.txt)")
+        return cells == N_COLUMNS
+
+    @staticmethod
+    def reason(kind: str, labelled: bool) -> str:
+        """Why a row of this kind got no prediction (one line, no tab)."""
+        if kind == "columns" and not labelled:
+            return f"wrong number of columns (an unlabelled row has {N_COLUMNS - 1} tab-separated columns)"
+        if kind == "truncated" and not labelled:
+            return f"last line cut short (no newline and fewer than {N_COLUMNS - 1} columns)"
+        return BAD_ROW_KINDS[kind]
+
+    def blocks(self, path: Path, labelled: bool, pool: ThreadPoolExecutor | None,
+               block_bytes: int | None = None) -> Iterator[EncodedBlock]:
+        """The file's lines, a block at a time (``block_bytes``, default :data:`BLOCK_BYTES`) in file order,
+        tokenized on ``pool`` (up to ``AHEAD`` blocks ahead) and encoded."""
+        lines = 0
+        blocks = read_blocks(path, block_bytes or BLOCK_BYTES)
+        for block in in_order(pool, self._encode_block, blocks, labelled, ahead=AHEAD):
+            block.shift(lines)
+            lines += block.n_lines
+            yield block
+
+    def _encode_block(self, block: TextBlock, labelled: bool) -> EncodedBlock:
+        """One block -> its valid rows encoded, line numbers counted from the block's first line (1)."""
+        rows, bad, n_lines = parse_block(block, labelled)
+        valid = np.ones(n_lines, dtype=bool)
+        for index in bad.values():
+            valid[index] = False
+        sparse, dense, label = _encode(_records(rows, self.dense), self.encoders, self.dense)
+        return EncodedBlock(np.flatnonzero(valid) + 1, sparse, dense, label,
+                            {k: v + 1 for k, v in bad.items()}, n_lines, block.raw_pos)
+
+
 # ------------------------------------------------------------------------------------------- entry points
 
 
@@ -851,6 +947,8 @@ def preprocess_criteo(input_path: str | os.PathLike | Mapping[str, str | os.Path
                                       "hashed": dict(sorted(hashed.items()))}
             writer.meta["stats"] = {"lines": scan.lines, "rows": sum(scan.split_rows),
                                     "skipped": dict(scan.bad_counts), "skipped_lines": dict(scan.bad_lines)}
+            for col, encoder in zip(_sparse_columns(dense), encoders):
+                writer.put_vocabulary(_field_name(col), *encoder.record(hex_codes=col >= 13))
             _pass2(scan, encoders, writer, dense, seed, progress, pool)
     finally:
         pool.shutdown(cancel_futures=True)

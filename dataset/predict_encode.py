@@ -1,0 +1,85 @@
+"""New raw rows -> the store's batch arrays, encoded exactly as preprocessing encoded the store's rows.
+
+A trained run is scored on raw files (scripts/predict.py) with the vocabularies its store keeps
+(:meth:`dataset.store.StoreReader.vocabulary`) and the dataset's own tokenizer and encoder: each dataset that
+supports prediction has one class (``RAW_ROWS``: store dataset name -> ``module:Class``) built from the store
+and offering
+
+* ``is_labelled(path) -> bool``: whether the file's rows carry the label column(s);
+* ``blocks(path, labelled, pool) -> Iterator[EncodedBlock]``: the file's lines in order, a block at a time;
+* ``reason(kind, labelled) -> str``: why a bad row of this kind got no prediction.
+
+Only Criteo (``preprocess.py criteo``: train.txt's format and test.txt's) has one so far; another dataset
+plugs in by adding its class here, built on the same functions its preprocessing runs.
+
+:func:`vocabulary_checksum` fingerprints what a store keeps for encoding (train.py records it in a run's
+config.json), so a run is never scored with a store preprocessed again since.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dataset.raw import InputError
+from dataset.store import StoreReader
+
+RAW_ROWS = {"criteo": "dataset.criteo:RawRows"}
+
+
+@dataclass
+class EncodedBlock:
+    """One block of raw lines: its valid rows as the store holds rows (sparse int32 [n, F], dense float32
+    [n, D], label float32 [n, T]: zeros for unlabelled input), the 1-based line numbers ``lines`` int64 [n] of
+    those rows, the line numbers of its bad rows per kind, its number of lines, and the raw bytes read so far
+    (progress)."""
+
+    lines: np.ndarray
+    sparse: np.ndarray
+    dense: np.ndarray
+    label: np.ndarray
+    bad: dict[str, np.ndarray]
+    n_lines: int
+    raw_pos: int
+
+    def shift(self, lines_before: int) -> None:
+        """Number the lines from the file's start: add the lines of the blocks before this one."""
+        self.lines = self.lines + lines_before
+        self.bad = {k: v + lines_before for k, v in self.bad.items()}
+
+
+def raw_rows(store: StoreReader) -> Any:
+    """The encoder of new raw rows for ``store`` (its dataset's ``RawRows``, with the store's vocabularies).
+    :class:`InputError` if the dataset has none yet, or the store keeps no vocabularies."""
+    dataset = store.meta.get("dataset")
+    if dataset not in RAW_ROWS:
+        raise InputError(f"store {store.path} holds dataset {dataset!r}; predicting on raw files works for "
+                         f"{', '.join(RAW_ROWS)} so far (score its test split with train.py --eval_only)")
+    module, name = RAW_ROWS[dataset].split(":")
+    try:
+        return getattr(importlib.import_module(module), name)(store)
+    except KeyError as e:
+        raise InputError(f"{e.args[0]}") from None
+
+
+def vocabulary_records(store: StoreReader) -> dict[str, dict[str, Any]] | None:
+    """Every vocabulary the store keeps (name -> record), or None if it keeps none (written before stores
+    kept them)."""
+    try:
+        return {name: store.vocabulary(name) for name in store.schema.vocabs}
+    except KeyError:
+        return None
+
+
+def vocabulary_checksum(store: StoreReader) -> str | None:
+    """sha256 of what encoding new rows takes from ``store``: its vocabularies (values in id order, hash specs)
+    and its preprocessing options (the dense transform among them); None if it keeps no vocabularies."""
+    records = vocabulary_records(store)
+    if records is None:
+        return None
+    text = json.dumps({"vocabularies": records, "options": store.meta.get("options", {})}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
