@@ -55,6 +55,7 @@ import torch  # noqa: E402
 import models  # noqa: E402
 import preprocess  # noqa: E402
 import train  # noqa: E402
+import bench_data  # noqa: E402
 from bench_data import bench_our_loader, bench_preprocessing, in_fresh_process, timed  # noqa: E402
 from dataset.loader import make_loader  # noqa: E402
 from dataset.store import StoreReader  # noqa: E402
@@ -165,8 +166,8 @@ def machine_line(m: dict[str, Any]) -> str:
 def bench_pipeline(rows: int, batch_size: int, work: Path) -> dict[str, Any]:
     """Synthetic raw Criteo -> store (``work/store``) -> loader, timed with bench_data's functions."""
     raw, gen_s = timed(write_synthetic_criteo, work / "criteo_synthetic.txt", rows, 0)
-    opts = argparse.Namespace(rows=rows, baseline_rows=min(rows, 100_000), batch_size=batch_size,
-                              workers=LOADER_WORKERS, epochs=3)
+    opts = bench_data.parse_args(["--rows", str(rows), "--baseline-rows", str(min(rows, 100_000)), "--batch-size",
+                                  str(batch_size), "--workers", str(LOADER_WORKERS), "--repeat", "1"])
     with contextlib.redirect_stdout(sys.stderr):
         pre = bench_preprocessing(raw, work, opts)
     load = bench_our_loader(work / "store", opts)

@@ -176,3 +176,11 @@ def test_preset_refuses_another_model_and_resume():
         train.parse_args(["--preset", "DCN_criteo_x4_001", "--model", "DeepFM"])
     with pytest.raises(train.UsageError, match="drop it when passing --resume"):
         train.parse_args(["--preset", "DCN_criteo_x4_001", "--resume", "somewhere"])
+
+
+def test_speed_pipeline_runs_with_bench_data_s_own_options(tmp_path):
+    """benchmark.py's speed section times preprocessing and the loader through bench_data.py's functions; their
+    options come from bench_data's parser, so a new bench_data flag cannot break it (it once lacked --repeat)."""
+    out = benchmark.bench_pipeline(3000, 256, tmp_path)
+    assert out["rows"] == 3000 and (tmp_path / "store").is_dir()
+    assert {"preprocessing", "loader"} <= set(out)
