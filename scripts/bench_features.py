@@ -2,7 +2,7 @@
 feature-types and behaviour-sequence work, measured here.
 
     python scripts/bench_features.py [--seeds 3] [--sections amazon,frappe,regression] [--amazon-models ...]
-                                     [--out checkpoints/bench_features]
+                                     [--frappe-models LR,FM,...|all] [--out checkpoints/bench_features]
 
 Each section runs preprocess.py and train.py (through their ``main``), once per seed; seed s is the store's
 seed (Amazon's negatives, Frappe's split, the generator's rows) and the model's ``--seed``. It prints Markdown
@@ -13,8 +13,8 @@ and ``.json`` with every command.
   history fields (``--drop_fields hist_item_id hist_cate_id``) against DeepFM with them mean-pooled, then the
   attention models (``--amazon-models``).
 * ``frappe``: the 86,582 real Frappe rows (NFM's split 7:2:1 of the two files here), test AUC and logloss of
-  LR, FM, DeepFM, DCN and xDeepFM, with scripts/benchmark.py's small sizes (hidden 64-64, 2 cross layers, CIN
-  32-32).
+  ``--frappe-models`` (default LR, FM, DeepFM, DCN and xDeepFM; ``all``: every single-task model without
+  sequences), with scripts/benchmark.py's small sizes (hidden 64-64, 2 cross layers, CIN 32-32).
 * ``speed``: training samples/s of DeepFM and the attention models on the Amazon store (one thread, batch
   1024, default hyperparameters, each model in a fresh process: scripts/benchmark.py's measurement).
 * ``regression``: ``synthetic_behaviour --rating`` (Gaussian noise of known variance), a single-task model on
@@ -37,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from benchmark import (FIRST_SEED, bench_training, machine_info, machine_line, markdown_table,  # noqa: E402
                        mean_std, portable, quality_hparams, train_once)
+import models  # noqa: E402
 from models.presets import to_argv  # noqa: E402
 import preprocess  # noqa: E402
 
@@ -65,14 +66,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     p.add_argument("--amazon-models", default=",".join(AMAZON_MODELS),
                    help="attention models compared with DeepFM on Amazon ('' for none)")
+    p.add_argument("--frappe-models", default=",".join(FRAPPE_MODELS),
+                   help="models trained on Frappe ('all': every single-task model that takes no sequences)")
     p.add_argument("--out", type=Path, default=Path("checkpoints/bench_features"))
     args = p.parse_args(argv)
     args.sections = [s for s in args.sections.split(",") if s]
     args.amazon_models = [m for m in args.amazon_models.split(",") if m]
+    args.frappe_models = frappe_models(args.frappe_models)
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown or args.seeds < 1:
         p.error(f"--sections takes {', '.join(SECTIONS)} (got {', '.join(unknown)}); --seeds >= 1")
     return args
+
+
+def frappe_models(text: str) -> list[str]:
+    """--frappe-models -> model names: ``all`` is every registered model that is neither multi-task nor
+    reads behaviour sequences (Frappe has one label and no sequences)."""
+    if text == "all":
+        return [n for n in models.model_names()
+                if not (models.get_model_class(n).multitask or models.get_model_class(n).needs_sequences)]
+    names = [m for m in text.split(",") if m]
+    for name in names:
+        models.get_model_class(name)  # an unknown name fails here, before any store is built
+    return names
 
 
 def make_store(argv: list[str], work: Path, commands: list[str]) -> None:
@@ -111,13 +127,13 @@ def amazon(seeds: Sequence[int], attention: Sequence[str], work: Path) -> dict[s
     return {"runs": runs, "commands": commands}
 
 
-def frappe(seeds: Sequence[int], work: Path) -> dict[str, Any]:
+def frappe(seeds: Sequence[int], names: Sequence[str], work: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
     commands: list[str] = []
     for seed in seeds:
         store = work / f"frappe_seed{seed}"
         make_store(["frappe", "--input", *map(str, FRAPPE), "--out", str(store), "--seed", str(seed)], work, commands)
-        for model in FRAPPE_MODELS:
+        for model in names:
             runs.setdefault(model, []).append(run_model(model, model, store, seed, [], "frappe", work, commands))
     return {"runs": runs, "commands": commands}
 
@@ -222,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "amazon" in args.sections:
             results["amazon"] = amazon(seeds, args.amazon_models, work)
         if "frappe" in args.sections:
-            results["frappe"] = frappe(seeds, work)
+            results["frappe"] = frappe(seeds, args.frappe_models, work)
         if "regression" in args.sections:
             results["regression"] = regression(seeds, work)
         if "speed" in args.sections:
