@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from benchmark import (FIRST_SEED, bench_training, machine_info, machine_line, markdown_table,  # noqa: E402
-                       mean_std, portable, quality_hparams, train_once)
+                       mean_std, portable, quality_hparams, select_models, train_once)
 import models  # noqa: E402
 from models.presets import to_argv  # noqa: E402
 import preprocess  # noqa: E402
@@ -80,15 +80,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def frappe_models(text: str) -> list[str]:
-    """--frappe-models -> model names: ``all`` is every registered model that is neither multi-task nor
-    reads behaviour sequences (Frappe has one label and no sequences)."""
-    if text == "all":
-        return [n for n in models.model_names()
-                if not (models.get_model_class(n).multitask or models.get_model_class(n).needs_sequences)]
-    names = [m for m in text.split(",") if m]
-    for name in names:
-        models.get_model_class(name)  # an unknown name fails here, before any store is built
-    return names
+    """--frappe-models -> model names (checked as scripts/benchmark.py checks them); ``all`` leaves out the
+    multi-task models too, since Frappe has one label."""
+    names = select_models(text)
+    return [n for n in names if not models.get_model_class(n).multitask] if text.strip().lower() == "all" else names
 
 
 def make_store(argv: list[str], work: Path, commands: list[str]) -> None:

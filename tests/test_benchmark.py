@@ -184,3 +184,15 @@ def test_speed_pipeline_runs_with_bench_data_s_own_options(tmp_path):
     out = benchmark.bench_pipeline(3000, 256, tmp_path)
     assert out["rows"] == 3000 and (tmp_path / "store").is_dir()
     assert {"preprocessing", "loader"} <= set(out)
+
+
+def test_bench_features_frappe_models_all_leaves_out_multitask_and_sequence_models():
+    import bench_features
+    chosen = bench_features.parse_args(["--frappe-models", "all"]).frappe_models
+    assert "FwFM" in chosen and "TwoTower" in chosen
+    assert {"MMoE", "PLE", "ESMM", "SharedBottom", "DIN"}.isdisjoint(chosen)
+    assert len(chosen) == len(models.model_names()) - 8  # 4 multi-task, 4 sequence models
+    assert bench_features.parse_args(["--frappe-models", "deepfm,LR"]).frappe_models == ["DeepFM", "LR"]
+    assert bench_features.parse_args([]).frappe_models == list(bench_features.FRAPPE_MODELS)
+    with pytest.raises(ValueError, match="valid models"):
+        bench_features.parse_args(["--frappe-models", "NoSuchModel"])
