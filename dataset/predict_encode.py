@@ -28,7 +28,7 @@ import numpy as np
 from dataset.raw import InputError
 from dataset.store import StoreReader
 
-RAW_ROWS = {"criteo": "dataset.criteo:RawRows"}
+RAW_ROWS = {"criteo": "dataset.criteo:RawRows", "avazu": "dataset.avazu:RawRows"}
 
 
 @dataclass

@@ -145,6 +145,19 @@ def score(model: nn.Module, inputs: train.Inputs, block: EncodedBlock, batch_siz
     return table[:, :model.num_tasks], table[:, model.num_tasks:]
 
 
+class Reasons(dict):
+    """Bad-row kind -> its one-line reason, asked of the encoder the first time a kind is seen (each dataset
+    has its own kinds)."""
+
+    def __init__(self, encoder: Any, labelled: bool) -> None:
+        super().__init__()
+        self.encoder, self.labelled = encoder, labelled
+
+    def __missing__(self, kind: str) -> str:
+        self[kind] = self.encoder.reason(kind, self.labelled)
+        return self[kind]
+
+
 def block_text(block: EncodedBlock, preds: np.ndarray, reasons: dict[str, str]) -> str:
     """The output lines of one block, in input order: ``line  preds...  reason``."""
     text: list[str] = [""] * block.n_lines
@@ -162,8 +175,7 @@ def run_blocks(path: Path, out: TextIO, model: nn.Module, inputs: train.Inputs, 
                labelled: bool, strict: bool, batch_size: int, device: torch.device, progress: bool) -> Tally:
     """Encode, score and write every line of ``path`` in order."""
     encoder = raw_rows(store)
-    reasons = {kind: encoder.reason(kind, labelled) for kind in ("columns", "label", "dense", "categorical",
-                                                                  "truncated")}
+    reasons = Reasons(encoder, labelled)
     tally = Tally()
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="predict") if WORKERS > 1 else None
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="predict", disable=not progress)
