@@ -28,7 +28,8 @@ import numpy as np
 from dataset.raw import InputError
 from dataset.store import StoreReader
 
-RAW_ROWS = {"criteo": "dataset.criteo:RawRows", "avazu": "dataset.avazu:RawRows"}
+RAW_ROWS = {"criteo": "dataset.criteo:RawRows", "avazu": "dataset.avazu:RawRows",
+            "frappe": "dataset.libfm_predict:RawRows", "libfm": "dataset.libfm_predict:RawRows"}
 
 
 @dataclass

@@ -134,13 +134,14 @@ class Tally:
 def score(model: nn.Module, inputs: train.Inputs, block: EncodedBlock, batch_size: int,
           device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """A block's valid rows -> (labels [n, T], predictions [n, T]: probabilities of binary tasks), float64."""
-    out = [np.zeros((0, 2 * model.num_tasks))]
+    out = [np.zeros((0, 2 * model.num_tasks))]  # a store with a user field adds the user id column: dropped
     for lo in range(0, len(block.lines), batch_size):
         batch = {"sparse": torch.from_numpy(block.sparse[lo:lo + batch_size]).long(),
                  "dense": torch.from_numpy(block.dense[lo:lo + batch_size]),
                  "label": torch.from_numpy(block.label[lo:lo + batch_size])}
         batch = train.to_device(batch, device)
-        out.append(train.predict_batch(model, batch, model.num_tasks, False, inputs).cpu().numpy())
+        out.append(train.predict_batch(model, batch, model.num_tasks, False, inputs)[:, :2 * model.num_tasks]
+                   .cpu().numpy())
     table = np.concatenate(out)
     return table[:, :model.num_tasks], table[:, model.num_tasks:]
 

@@ -1,7 +1,8 @@
-"""Predicting on raw files of the datasets besides Criteo (dataset/table_predict.py: Avazu): new raw rows encode
+"""Predicting on raw files of the datasets besides Criteo (dataset/table_predict.py: Avazu;
+dataset/libfm_predict.py: Frappe and libFM): new raw rows encode
 exactly as preprocessing encoded the same rows, bad rows keep their line numbers, labelled and unlabelled
 input, and scripts/predict.py on the test split's raw rows reproduces train.py --eval_only, on the real rows in
-../shared/data/avazu."""
+../shared/data/avazu and ../shared/data/frappe."""
 from __future__ import annotations
 
 import json
@@ -14,16 +15,20 @@ import pytest
 
 import train
 from conftest import ROOT, SHARED_DATA
+from dataset import frappe
 from dataset.avazu import RawRows as AvazuRows
+from dataset.libfm import preprocess_libfm
 from dataset.predict_encode import raw_rows
 from dataset.raw import InputError
-from dataset.store import StoreReader
+from dataset.split import SplitAssigner
+from dataset.store import SPLITS, StoreReader
 from dataset.table import preprocess_table
 from dataset.avazu import SPEC as AVAZU_SPEC
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import predict  # noqa: E402
 
+SEED = 2018
 AVAZU = SHARED_DATA / "avazu"
 AVAZU_FILES = {"train": AVAZU / "avazu_train.csv", "valid": AVAZU / "avazu_dev.csv", "test": AVAZU / "avazu_test.csv"}
 
@@ -162,3 +167,96 @@ def test_avazu_predict_reproduces_eval_only_and_keeps_bad_lines(avazu_store, ava
     assert predict.main([str(avazu_run), "--input", str(dirty), "--out", str(tmp_path / "s.tsv"), "--strict",
                          "--no_progress"]) == 1
     assert f"{dirty}:10: wrong number of columns" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ Frappe (libFM)
+
+FRAPPE = SHARED_DATA / "frappe" / "frappe.test.libfm"
+FRAPPE_LINES = 3000  # of NFM's test file: a store in a second
+
+
+@pytest.fixture(scope="module")
+def frappe_raw(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("predict_frappe") / "frappe.libfm"
+    path.write_bytes(b"".join(FRAPPE.read_bytes().splitlines(keepends=True)[:FRAPPE_LINES]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def frappe_store(frappe_raw: Path) -> Path:
+    out = frappe_raw.parent / "frappe"
+    preprocess_libfm([frappe_raw], out, dataset="frappe", fields=frappe.FIELD_SPEC, split=(0.7, 0.2, 0.1),
+                     seed=SEED, user_field=frappe.USER_FIELD)
+    return out
+
+
+def frappe_split(store: Path, n: int) -> np.ndarray:
+    """The split preprocessing gave each of ``n`` valid rows: one seeded draw per row in file order."""
+    return SplitAssigner(tuple(StoreReader(store).meta["options"]["split"]), SEED).assign(n)
+
+
+def unlabelled(line: bytes) -> bytes:
+    return line.split(b" ", 1)[1]
+
+
+def test_frappe_raw_lines_get_exactly_the_ids_preprocessing_wrote(frappe_store, frappe_raw, tmp_path):
+    """Labelled lines, encoded with the store's kept indices, equal the stored rows split by split (as
+    multisets); unlabelled lines (no label word) give the same ids; ``line`` rebuilds them from ``columns``."""
+    reader = StoreReader(frappe_store)
+    encoder = raw_rows(reader)
+    lines, sparse, dense, label, bad, n_lines = encode_all(encoder, frappe_raw, True, block_bytes=1 << 14)
+    assert not bad and n_lines == FRAPPE_LINES and lines.tolist() == list(range(1, FRAPPE_LINES + 1))
+    split = frappe_split(frappe_store, len(lines))
+    for k, name in enumerate(SPLITS):
+        stored = reader.read_split(name)
+        assert np.array_equal(sorted_rows(sparse[split == k], label[split == k]),
+                              sorted_rows(stored["sparse"], stored["label"])), name
+    raw = frappe_raw.read_bytes().splitlines(keepends=True)
+    bare = tmp_path / "bare.libfm"
+    bare.write_bytes(b"".join(unlabelled(line) for line in raw))
+    assert encoder.is_labelled(frappe_raw) and not encoder.is_labelled(bare)
+    got = encode_all(encoder, bare, False, block_bytes=1 << 14)
+    assert np.array_equal(got[0], lines) and np.array_equal(got[1], sparse) and not got[3].any() and not got[4]
+    assert encoder.columns == list(frappe.FIELDS)
+    assert b"".join(encoder.line(unlabelled(line).decode().split()) for line in raw) == \
+        bare.read_bytes().replace(b"\r\n", b"\n")  # NFM's files end their lines with \r\n
+
+
+def test_frappe_bad_and_blank_lines_keep_their_line_numbers(frappe_store, frappe_raw, tmp_path):
+    encoder = raw_rows(StoreReader(frappe_store))
+    raw = frappe_raw.read_bytes().splitlines(keepends=True)[:500]
+    lines = list(raw)
+    lines[99] = b"2 " + lines[99].split(b" ", 1)[1]  # line 100: label 2
+    lines[199] = lines[199].rsplit(b" ", 1)[0] + b"\n"  # line 200: nine features
+    lines[299] = b"\n"  # line 300: blank
+    lines[399] = lines[399].rsplit(b" ", 1)[0] + b" 1:1\n"  # line 400: two users, no city
+    dirty = tmp_path / "dirty.libfm"
+    dirty.write_bytes(b"".join(lines))
+    got = encode_all(encoder, dirty, True, block_bytes=1 << 12)
+    clean = encode_all(encoder, frappe_raw, True)
+    assert got[4] == {"label": [100], "fields": [200], "blank": [300], "range": [400]}
+    keep = ~np.isin(clean[0][:500], [100, 200, 300, 400])
+    assert np.array_equal(got[0], clean[0][:500][keep]) and np.array_equal(got[1], clean[1][:500][keep])
+    bare = tmp_path / "bare.libfm"
+    bare.write_bytes(b"".join(unlabelled(line) if line.strip() else line for line in lines[100:]))
+    got = encode_all(encoder, bare, False, block_bytes=1 << 12)
+    assert got[4] == {"fields": [100], "blank": [200], "range": [300]}
+    assert "no label word" in encoder.reason("syntax", False)
+
+
+def test_frappe_predict_reproduces_eval_only(frappe_store, frappe_raw, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(["--model", "DeepFM", "--hidden_units", "16", "--embed_size", "4", "--data", str(frappe_store),
+                       "--max_steps", "20", "--batch_size", "256", "--gpu_ids", "", "--num_workers", "0",
+                       "--model_save_dir", str(run)]) == 0
+    capsys.readouterr()
+    assert train.main(["--eval_only", str(run), "--num_workers", "0", "--gpu_ids", ""]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    raw = frappe_raw.read_bytes().splitlines(keepends=True)
+    split = frappe_split(frappe_store, len(raw))
+    test_rows = tmp_path / "test.libfm"
+    test_rows.write_bytes(b"".join(line for line, s in zip(raw, split) if s == 2))
+    result = predict.predict_file(run, test_rows, tmp_path / "p.tsv", progress=False)
+    assert result["rows"] == evaluated["rows"] == int((split == 2).sum())
+    assert result["metrics"]["auc"] == pytest.approx(evaluated["auc"], abs=1e-6)
+    assert result["metrics"]["logloss"] == pytest.approx(evaluated["logloss"], abs=1e-6)
