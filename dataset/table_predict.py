@@ -27,6 +27,8 @@ from dataset.table import (AHEAD, BLOCK_BYTES, BlockParser, Encoders, FittedVoca
 from dataset.table_read import WRONG_COUNT, Decoder, TextBlock, read_blocks, split_header, tokenize
 from dataset.table_spec import TableSpec
 
+BLANK = "blank"  # the bad-row kind of a blank line, which gets an output line with no prediction
+
 
 class TableRawRows:
     """Encoder of new raw rows for one table-spec store (see the module docstring). ``spec``: the dataset's
@@ -91,7 +93,7 @@ class TableRawRows:
         if kind == WRONG_COUNT:
             spec = self.spec if labelled else self.unlabelled_spec
             return f"{WRONG_COUNT} ({'a labelled' if labelled else 'an unlabelled'} row has {len(spec.names)})"
-        return kind.replace("\t", " ")
+        return "blank line" if kind == BLANK else kind.replace("\t", " ")
 
     def blocks(self, path: Path, labelled: bool, pool: ThreadPoolExecutor | None,
                block_bytes: int | None = None) -> Iterator[EncodedBlock]:
@@ -109,6 +111,11 @@ class TableRawRows:
         """One block -> its valid rows encoded; line numbers are the file's (the block knows its first line)."""
         rows, bad, n_lines = tokenize(block, n_columns, spec.separator, spec.quoting)
         parsed, bad_fields = parser.parse(rows)
+        seen = np.zeros(n_lines, bool)  # tokenize skips blank lines silently: they become bad rows here
+        for lines in (rows.lines, *bad.values()):
+            seen[lines - block.first_line] = True
+        if not seen.all():
+            bad[BLANK] = np.flatnonzero(~seen) + block.first_line
         rec = _encode(parsed, spec, self.encoders, self.dtype)
         n = len(parsed)
         dense = rec["dense"] if self.schema.num_dense else np.zeros((n, 0), np.float32)

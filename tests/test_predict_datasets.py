@@ -122,7 +122,7 @@ def test_avazu_unlabelled_rows_and_the_service_members(avazu_store, tmp_path):
 
 
 def test_avazu_bad_rows_keep_their_line_numbers(avazu_store, tmp_path):
-    """A wrong cell count, a bad label and a bad hour are each reported at their own line, in any block, and
+    """A wrong cell count, a bad label, a bad hour and a blank line are each reported at their own line, in any block, and
     every other row is encoded as in the clean file."""
     encoder = raw_rows(StoreReader(avazu_store))
     raw = AVAZU_FILES["test"].read_bytes().splitlines(keepends=True)
@@ -132,15 +132,17 @@ def test_avazu_bad_rows_keep_their_line_numbers(avazu_store, tmp_path):
     lines[199] = b",".join([cells[0], b"7", *cells[2:]])  # line 200: click 7
     cells = lines[299].split(b",")
     lines[299] = b",".join([cells[0], cells[1], b"notahour", *cells[3:]])  # line 300
+    lines[349] = b"\r\n"  # line 350: blank
     dirty = tmp_path / "dirty.csv"
     dirty.write_bytes(b"".join(lines))
     got = encode_all(encoder, dirty, True, block_bytes=1 << 12)
     clean = encode_all(encoder, AVAZU_FILES["test"], True, block_bytes=1 << 12)
     assert got[4] == {"wrong number of columns": [100], "bad label in 'click'": [200],
-                      "bad time in 'hour'": [300]}
-    keep = ~np.isin(clean[0], [100, 200, 300])
+                      "bad time in 'hour'": [300], "blank": [350]}
+    keep = ~np.isin(clean[0], [100, 200, 300, 350])
     assert np.array_equal(got[0], clean[0][keep]) and np.array_equal(got[1], clean[1][keep])
     assert encoder.reason("bad time in 'hour'", True) == "bad time in 'hour'"
+    assert encoder.reason("blank", True) == "blank line"
     assert encoder.reason("wrong number of columns", True) == "wrong number of columns (a labelled row has 24)"
     assert encoder.reason("wrong number of columns", False) == "wrong number of columns (an unlabelled row has 23)"
 
