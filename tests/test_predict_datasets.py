@@ -1,10 +1,11 @@
 """Predicting on raw files of the datasets besides Criteo (dataset/table_predict.py: Avazu;
-dataset/libfm_predict.py: Frappe and libFM): new raw rows encode
+dataset/libfm_predict.py: Frappe and libFM; dataset/criteo_predict.py: the BARS Criteo_x4 CSV): new raw rows encode
 exactly as preprocessing encoded the same rows, bad rows keep their line numbers, labelled and unlabelled
 input, and scripts/predict.py on the test split's raw rows reproduces train.py --eval_only, on the real rows in
 ../shared/data/avazu and ../shared/data/frappe."""
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ import train
 from conftest import ROOT, SHARED_DATA
 from dataset import frappe
 from dataset.avazu import RawRows as AvazuRows
+from dataset.criteo import CSV_HEADER, preprocess_criteo
 from dataset.libfm import preprocess_libfm
 from dataset.predict_encode import raw_rows
 from dataset.raw import InputError
@@ -262,3 +264,51 @@ def test_frappe_predict_reproduces_eval_only(frappe_store, frappe_raw, tmp_path,
     assert result["rows"] == evaluated["rows"] == int((split == 2).sum())
     assert result["metrics"]["auc"] == pytest.approx(evaluated["auc"], abs=1e-6)
     assert result["metrics"]["logloss"] == pytest.approx(evaluated["logloss"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------- Criteo_x4 CSV
+
+
+def criteo_x4_files(tmp_path: Path) -> dict[str, Path]:
+    """head8k.txt's rows as BARS Criteo_x4 CSV split files (header, commas; valid's integers as ``5.0``, as
+    pandas writes a column with NaN; test gzip), 6000 / 1000 / 1000 rows."""
+    rows = [line.rstrip(b"\n").split(b"\t") for line in (SHARED_DATA / "criteo" / "head8k.txt").read_bytes()
+            .splitlines(keepends=True)]
+    parts = {"train": rows[:6000], "valid": rows[6000:7000], "test": rows[7000:]}
+    paths = {}
+    for split, part in parts.items():
+        if split == "valid":
+            part = [[r[0], *(c + b".0" if c else c for c in r[1:14]), *r[14:]] for r in part]
+        text = b"\n".join([",".join(CSV_HEADER).encode(), *(b",".join(r) for r in part)]) + b"\n"
+        paths[split] = tmp_path / f"{split}.csv{'.gz' if split == 'test' else ''}"
+        paths[split].write_bytes(gzip.compress(text) if split == "test" else text)
+    return paths
+
+
+def test_criteo_x4_csv_rows_get_exactly_the_ids_preprocessing_wrote(tmp_path):
+    """Each given split file, labelled or (without its Label column) unlabelled, encodes to the split's stored
+    rows; its header line is line 1 and gets no row; a bad row keeps its line number; TSV still reads."""
+    paths = criteo_x4_files(tmp_path)
+    out = tmp_path / "store"
+    preprocess_criteo(paths, out, min_count=2, progress=False)
+    reader = StoreReader(out)
+    encoder = raw_rows(reader)
+    for split, path in paths.items():
+        assert encoder.is_labelled(path)
+        lines, sparse, dense, label, bad, n_lines = encode_all(encoder, path, True, block_bytes=1 << 15)
+        assert not bad and lines.tolist() == list(range(2, n_lines + 2))
+        stored = reader.read_split(split)
+        assert np.array_equal(sorted_rows(sparse, dense, label),
+                              sorted_rows(stored["sparse"], stored["dense"], stored["label"])), split
+    raw = paths["train"].read_bytes().splitlines(keepends=True)
+    bare = tmp_path / "bare.csv"
+    bare.write_bytes(b"".join(line.split(b",", 1)[1] for line in raw))  # the header loses Label too
+    raw[99] = b"1,2,3\n"  # line 100
+    dirty = tmp_path / "dirty.csv"
+    dirty.write_bytes(b"".join(raw))
+    want = encode_all(encoder, paths["train"], True)
+    got = encode_all(encoder, bare, False, block_bytes=1 << 15)
+    assert not encoder.is_labelled(bare) and np.array_equal(got[1], want[1]) and not got[3].any()
+    got = encode_all(encoder, dirty, True, block_bytes=1 << 15)
+    assert got[4] == {"columns": [100]} and np.array_equal(got[1], want[1][want[0] != 100])
+    assert encoder.is_labelled(SHARED_DATA / "criteo" / "head8k.txt")
