@@ -23,8 +23,8 @@ from pathlib import Path
 
 from dataset.raw import InputError, open_raw
 from dataset.split import DEFAULT_SPLIT, SPLITS, check_common
-from dataset.table import BUFFER_BYTES, add_input_arguments, preprocess_table, run
 from dataset.store import StoreReader
+from dataset.table import BUFFER_BYTES, add_input_arguments, preprocess_table, run
 from dataset.table_predict import TableRawRows
 from dataset.table_spec import TableSpec, load_spec
 from dataset.tabular import resolve_input

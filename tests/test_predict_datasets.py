@@ -17,6 +17,7 @@ import pytest
 import train
 from conftest import ROOT, SHARED_DATA
 from dataset import frappe
+from dataset.avazu import SPEC as AVAZU_SPEC
 from dataset.avazu import RawRows as AvazuRows
 from dataset.criteo import CSV_HEADER, preprocess_criteo
 from dataset.libfm import preprocess_libfm
@@ -25,7 +26,6 @@ from dataset.raw import InputError
 from dataset.split import SplitAssigner
 from dataset.store import SPLITS, StoreReader
 from dataset.table import preprocess_table
-from dataset.avazu import SPEC as AVAZU_SPEC
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import predict  # noqa: E402
@@ -110,7 +110,7 @@ def test_avazu_unlabelled_rows_and_the_service_members(avazu_store, tmp_path):
     assert encoder.is_labelled(AVAZU_FILES["test"]) and encoder.is_labelled(AVAZU_FILES["train"])
     for path, first in ((plain, 1), (headed, 2)):
         assert not encoder.is_labelled(path)
-        lines, sparse, dense, label, bad, _ = encode_all(encoder, path, False)
+        lines, sparse, _, label, bad, _ = encode_all(encoder, path, False)
         assert not bad and lines.tolist() == list(range(first, len(raw) + first))
         assert np.array_equal(sparse, want[1]) and not label.any()
     rebuilt = [encoder.line(without_click(line).decode().rstrip("\n").split(",")) for line in raw]
@@ -124,8 +124,8 @@ def test_avazu_unlabelled_rows_and_the_service_members(avazu_store, tmp_path):
 
 
 def test_avazu_bad_rows_keep_their_line_numbers(avazu_store, tmp_path):
-    """A wrong cell count, a bad label, a bad hour and a blank line are each reported at their own line, in any block, and
-    every other row is encoded as in the clean file."""
+    """A wrong cell count, a bad label, a bad hour and a blank line are each reported at their own line, in
+    any block, and every other row is encoded as in the clean file."""
     encoder = raw_rows(StoreReader(avazu_store))
     raw = AVAZU_FILES["test"].read_bytes().splitlines(keepends=True)
     lines = list(raw)
@@ -208,7 +208,7 @@ def test_frappe_raw_lines_get_exactly_the_ids_preprocessing_wrote(frappe_store, 
     multisets); unlabelled lines (no label word) give the same ids; ``line`` rebuilds them from ``columns``."""
     reader = StoreReader(frappe_store)
     encoder = raw_rows(reader)
-    lines, sparse, dense, label, bad, n_lines = encode_all(encoder, frappe_raw, True, block_bytes=1 << 14)
+    lines, sparse, _, label, bad, n_lines = encode_all(encoder, frappe_raw, True, block_bytes=1 << 14)
     assert not bad and n_lines == FRAPPE_LINES and lines.tolist() == list(range(1, FRAPPE_LINES + 1))
     split = frappe_split(frappe_store, len(lines))
     for k, name in enumerate(SPLITS):
