@@ -23,7 +23,9 @@ from pathlib import Path
 
 from dataset.raw import InputError, open_raw
 from dataset.split import DEFAULT_SPLIT, SPLITS, check_common
+from dataset.store import StoreReader
 from dataset.table import BUFFER_BYTES, add_input_arguments, preprocess_table, run
+from dataset.table_predict import TableRawRows
 from dataset.table_spec import TableSpec, load_spec
 from dataset.tabular import resolve_input
 
@@ -88,3 +90,12 @@ def main(args: argparse.Namespace) -> int:
                      chunk_size=args.chunk_size, overwrite=args.overwrite, strict=args.strict,
                      buffer_bytes=getattr(args, "buffer_mb", BUFFER_BYTES >> 20) << 20)
     return 0
+
+
+class RawRows(TableRawRows):
+    """New raw Avazu rows (the Kaggle CSV, with or without its header line; test.csv's rows lack ``click``)
+    -> the store's batch arrays, by the table reader's own functions with the store's vocabularies
+    (dataset/table_predict.py). dataset/predict_encode.py finds this class by the store's dataset name."""
+
+    def __init__(self, store: StoreReader) -> None:
+        super().__init__(store, load_spec(SPEC))

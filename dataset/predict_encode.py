@@ -9,8 +9,13 @@ and offering
 * ``blocks(path, labelled, pool) -> Iterator[EncodedBlock]``: the file's lines in order, a block at a time;
 * ``reason(kind, labelled) -> str``: why a bad row of this kind got no prediction.
 
-Only Criteo (``preprocess.py criteo``: train.txt's format and test.txt's) has one so far; another dataset
-plugs in by adding its class here, built on the same functions its preprocessing runs.
+* ``columns: list[str]``, the raw column names of an unlabelled row in file order, and ``line(cells) -> bytes``,
+  one raw unlabelled line from those cells (for the HTTP service).
+
+Criteo (``preprocess.py criteo``: train.txt's format, test.txt's and the BARS Criteo_x4 CSV; dataset/criteo.py,
+dataset/criteo_predict.py), Avazu (the Kaggle CSV; dataset/avazu.py on dataset/table_predict.py) and Frappe /
+libFM (dataset/libfm_predict.py) have one; another dataset plugs in by adding its class here, built on the same
+functions its preprocessing runs.
 
 :func:`vocabulary_checksum` fingerprints what a store keeps for encoding (train.py records it in a run's
 config.json), so a run is never scored with a store preprocessed again since.
@@ -28,7 +33,8 @@ import numpy as np
 from dataset.raw import InputError
 from dataset.store import StoreReader
 
-RAW_ROWS = {"criteo": "dataset.criteo:RawRows"}
+RAW_ROWS = {"criteo": "dataset.criteo_predict:RawRows", "avazu": "dataset.avazu:RawRows",
+            "frappe": "dataset.libfm_predict:RawRows", "libfm": "dataset.libfm_predict:RawRows"}
 
 
 @dataclass

@@ -134,15 +134,29 @@ class Tally:
 def score(model: nn.Module, inputs: train.Inputs, block: EncodedBlock, batch_size: int,
           device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """A block's valid rows -> (labels [n, T], predictions [n, T]: probabilities of binary tasks), float64."""
-    out = [np.zeros((0, 2 * model.num_tasks))]
+    out = [np.zeros((0, 2 * model.num_tasks))]  # a store with a user field adds the user id column: dropped
     for lo in range(0, len(block.lines), batch_size):
         batch = {"sparse": torch.from_numpy(block.sparse[lo:lo + batch_size]).long(),
                  "dense": torch.from_numpy(block.dense[lo:lo + batch_size]),
                  "label": torch.from_numpy(block.label[lo:lo + batch_size])}
         batch = train.to_device(batch, device)
-        out.append(train.predict_batch(model, batch, model.num_tasks, False, inputs).cpu().numpy())
+        out.append(train.predict_batch(model, batch, model.num_tasks, False, inputs)[:, :2 * model.num_tasks]
+                   .cpu().numpy())
     table = np.concatenate(out)
     return table[:, :model.num_tasks], table[:, model.num_tasks:]
+
+
+class Reasons(dict):
+    """Bad-row kind -> its one-line reason, asked of the encoder the first time a kind is seen (each dataset
+    has its own kinds)."""
+
+    def __init__(self, encoder: Any, labelled: bool) -> None:
+        super().__init__()
+        self.encoder, self.labelled = encoder, labelled
+
+    def __missing__(self, kind: str) -> str:
+        self[kind] = self.encoder.reason(kind, self.labelled)
+        return self[kind]
 
 
 def block_text(block: EncodedBlock, preds: np.ndarray, reasons: dict[str, str]) -> str:
@@ -162,8 +176,7 @@ def run_blocks(path: Path, out: TextIO, model: nn.Module, inputs: train.Inputs, 
                labelled: bool, strict: bool, batch_size: int, device: torch.device, progress: bool) -> Tally:
     """Encode, score and write every line of ``path`` in order."""
     encoder = raw_rows(store)
-    reasons = {kind: encoder.reason(kind, labelled) for kind in ("columns", "label", "dense", "categorical",
-                                                                  "truncated")}
+    reasons = Reasons(encoder, labelled)
     tally = Tally()
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="predict") if WORKERS > 1 else None
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="predict", disable=not progress)
