@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         try:
             server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads,
-                                            max_request_body_size=BYTES_PER_ROW * args.max_rows + 65536)
+                                            max_request_body_size=2 * (BYTES_PER_ROW * args.max_rows + 65536))
         except OSError as e:
             print(f"serve.py: error: cannot listen on {args.host}:{args.port}: {e.strerror}; pass another "
                   f"--port (or 0 for any free one)", file=sys.stderr)
