@@ -122,14 +122,16 @@ def encode_lines(served: Served, lines: list[bytes], scratch: Path) -> list[Enco
         os.unlink(name)
 
 
-def score_lines(served: Served, lines: list[bytes], scratch: Path) -> np.ndarray:
-    """Valid raw lines -> predictions float64 [n, T] in line order. :class:`RequestError` naming the first bad
-    row (0-based) and, when one cell alone is rejected, its field."""
+def score_lines(served: Served, lines: list[bytes], scratch: Path, cells: list[list[str]] | None = None
+                ) -> np.ndarray:
+    """Raw lines (made of ``cells``, per row in ``columns`` order) -> predictions float64 [n, T] in line order.
+    :class:`RequestError` naming the first bad row (0-based) and the fields the encoder rejects."""
     blocks = encode_lines(served, lines, scratch)
     bad = {kind: int(v[0]) for b in blocks for kind, v in b.bad.items() if len(v)}
     if bad:
         kind, line = min(bad.items(), key=lambda kv: kv[1])
-        raise RequestError(400, bad_row_message(served, lines[line - 1], line - 1, kind, scratch))
+        row = cells[line - 1] if cells is not None else None
+        raise RequestError(400, bad_row_message(served, row, line - 1, kind, scratch))
     n_tasks = served.model.num_tasks
     preds = np.full((len(lines), n_tasks), np.nan)
     for block in blocks:
@@ -140,13 +142,12 @@ def score_lines(served: Served, lines: list[bytes], scratch: Path) -> np.ndarray
     return preds
 
 
-def bad_row_message(served: Served, line: bytes, index: int, kind: str, scratch: Path) -> str:
+def bad_row_message(served: Served, cells: list[str] | None, index: int, kind: str, scratch: Path) -> str:
     """Which field of a rejected row is bad: each of its non-empty cells alone (the others missing) goes
     through the encoder again; the ones it rejects are named (with the encoder's reason for the row)."""
-    cells = line.rstrip(b"\n").decode("utf-8").split("\t") if b"\t" in line else None
     columns = list(served.encoder.columns)
     reason = served.encoder.reason(kind, False)
-    if cells is None or len(cells) != len(columns):
+    if cells is None:
         return f"rows[{index}]: rejected by the {served.dataset} encoder: {reason}"
     probes = [(name, cell) for name, cell in zip(columns, cells) if cell]
     lines = [served.encoder.line([cell if c == name else "" for c in columns]) for name, cell in probes]
@@ -173,8 +174,9 @@ def raw_cell(value: Any, where: str) -> str:
     return str(value)
 
 
-def request_lines(served: Served, body: Any, max_rows: int) -> list[bytes]:
-    """A parsed /predict body -> one raw line per row, checked: rows a list of objects of known fields."""
+def request_lines(served: Served, body: Any, max_rows: int) -> tuple[list[bytes], list[list[str]]]:
+    """A parsed /predict body -> one raw line per row and its cells, checked: rows a list of objects of known
+    fields with string, number or null values."""
     if not isinstance(body, dict) or "rows" not in body:
         raise RequestError(400, 'the body must be a JSON object with "rows": a list of row objects, e.g. '
                                 '{"rows": [{"I1": "3", "C1": "68fd1e64"}]}')
@@ -188,7 +190,7 @@ def request_lines(served: Served, body: Any, max_rows: int) -> list[bytes]:
         raise RequestError(413, f'{len(rows)} rows in one request; at most {max_rows} (--max_rows): split it')
     columns = list(served.encoder.columns)
     known = set(columns)
-    lines = []
+    lines, table = [], []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise RequestError(400, f"rows[{i}] is a {type(row).__name__}, not an object of field: value")
@@ -203,7 +205,8 @@ def request_lines(served: Served, body: Any, max_rows: int) -> list[bytes]:
             lines.append(served.encoder.line(cells))
         except InputError as e:
             raise RequestError(400, f"rows[{i}].{e}") from None
-    return lines
+        table.append(cells)
+    return lines, table
 
 
 class Pairs(dict):
@@ -271,8 +274,9 @@ class App:
 
     def predict(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         served = self.served  # the one reference this request uses, whatever reloads meanwhile
-        lines = request_lines(served, self.body(environ, BYTES_PER_ROW * self.max_rows + 65536), self.max_rows)
-        preds = score_lines(served, lines, self.scratch) if lines else np.zeros((0, served.model.num_tasks))
+        lines, cells = request_lines(served, self.body(environ, BYTES_PER_ROW * self.max_rows + 65536),
+                                     self.max_rows)
+        preds = score_lines(served, lines, self.scratch, cells) if lines else np.zeros((0, served.model.num_tasks))
         tasks = served.model.tasks
         with self.count_lock:
             self.requests += 1
