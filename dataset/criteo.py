@@ -66,7 +66,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -708,6 +708,19 @@ class RawRows:
         if sizes != list(store.schema.vocab_sizes):
             raise InputError(f"store {store.path}: its vocabularies give sizes {sizes}, its schema says "
                              f"{list(store.schema.vocab_sizes)}; the store is damaged: preprocess it again")
+
+    columns: list[str] = [*INT_FIELDS, *CAT_FIELDS]  # an unlabelled row's cells, as test.txt orders them
+
+    def line(self, cells: Sequence[str]) -> bytes:
+        """One raw unlabelled line (test.txt's format: I1..I13 C1..C26, tab-separated, ``\\n``) from its cells in
+        :attr:`columns` order; "" is a missing cell. The cells' values are checked by the tokenizer, not here;
+        :class:`InputError` if a cell would change the line's shape (a tab or line break inside it)."""
+        if len(cells) != len(self.columns):
+            raise InputError(f"a Criteo row has {len(self.columns)} cells (I1..I13 C1..C26), got {len(cells)}")
+        for name, cell in zip(self.columns, cells):
+            if "\t" in cell or "\n" in cell or "\r" in cell:
+                raise InputError(f"{name}: a cell cannot hold a tab or line break, got {cell!r}")
+        return ("\t".join(cells) + "\n").encode("utf-8")
 
     @staticmethod
     def is_labelled(path: Path) -> bool:

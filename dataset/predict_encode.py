@@ -7,7 +7,12 @@ and offering
 
 * ``is_labelled(path) -> bool``: whether the file's rows carry the label column(s);
 * ``blocks(path, labelled, pool) -> Iterator[EncodedBlock]``: the file's lines in order, a block at a time;
-* ``reason(kind, labelled) -> str``: why a bad row of this kind got no prediction.
+* ``reason(kind, labelled) -> str``: why a bad row of this kind got no prediction;
+* ``columns: list[str]``: the raw column names of an unlabelled row, in file order;
+* ``line(cells: Sequence[str]) -> bytes``: one raw unlabelled line in the dataset's format from its cells in
+  ``columns`` order ("" = a missing cell); :class:`InputError` if a cell would break the line's shape. The
+  online service (scripts/serve.py) turns each JSON row into such a line and scores the lines through
+  ``blocks``, so a served row is encoded by exactly the code that scores files.
 
 * ``columns: list[str]``, the raw column names of an unlabelled row in file order, and ``line(cells) -> bytes``,
   one raw unlabelled line from those cells (for the HTTP service).
