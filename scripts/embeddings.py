@@ -98,7 +98,7 @@ def attention_lines(lines: np.ndarray, weights: np.ndarray, pairs: list[tuple[st
     out = []
     for line, w in zip(lines, weights):
         order = np.argsort(-w, kind="stable")[:top]
-        out += [f"{line}\t{pairs[p][0]}\t{pairs[p][1]}\t{w[p]!r}" for p in order]
+        out += [f"{line}\t{pairs[p][0]}\t{pairs[p][1]}\t{float(w[p])!r}" for p in order]
     return out
 
 
