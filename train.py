@@ -161,7 +161,7 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
                           "(--resume never re-applies them: the checkpoint has the weights)")
     opt.add_argument("--freeze_embed", nargs="+", default=[], metavar="FIELD",
                      help="these fields' embedding rows never change; a field sharing its vocabulary with "
-                          "another field freezes both (the rows are the same)")
+                          "another field freezes both (the rows are the same); their first-order weights still train")
     opt.add_argument("--clip_grad_norm", type=float, default=0.0, metavar="MAX",
                      help="before every optimizer step, scale the gradients of all parameters so that their "
                           "total L2 norm is at most MAX (0: off; FuxiCTR and BARS runs clip at 10)")
