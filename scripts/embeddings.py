@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +35,9 @@ def extract(run_dir: Path, field: str, values: list[str] | None, data: str | Non
             ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """-> (values, ids int64 [n], vectors float32 [n, D]) of ``field``'s raw ``values`` (None: its whole
     vocabulary, ids 2..) in the run's best.pt."""
-    model, inputs, store = predict.load_run(run_dir, data, torch.device("cpu"))
-    if values is None:
-        if field in store.schema.sparse_fields and "hash_buckets" not in store.vocabulary(field):
-            values = vocabulary_values(store, field)
+    model, _, store = predict.load_run(run_dir, data, torch.device("cpu"))
+    if values is None and field in store.schema.sparse_fields and "hash_buckets" not in store.vocabulary(field):
+        values = vocabulary_values(store, field)
     ids = encode_values(store, field, values if values is not None else [])
     fields = list(store.schema.sparse_fields)
     if model.embedding.num_sparse != len(fields):

@@ -222,7 +222,7 @@ def test_afm_attention_cli_writes_top_pairs_per_row(store, afm_run, tmp_path):
                             "--out", str(out)]) == 0
     rows = [line.split("\t") for line in out.read_text().splitlines()]
     assert [int(r[0]) for r in rows] == [1] * 4 + [2] * 4 + [3] * 4
-    lines, weights, pairs = embeddings.afm_attention(afm_run, HEAD, 3)
+    _, weights, _ = embeddings.afm_attention(afm_run, HEAD, 3)
     top = np.sort(weights[0])[::-1][:4]
     np.testing.assert_allclose([float(r[3]) for r in rows[:4]], top, rtol=0, atol=0)
     assert all(r[1] in FIELDS and r[2] in FIELDS for r in rows)
