@@ -64,7 +64,9 @@ from tqdm import tqdm
 
 import models
 from dataset.loader import CTRLoader, make_loader
+from dataset.embed_values import pretrained_ids, sha256_file
 from dataset.predict_encode import vocabulary_checksum
+from dataset.raw import InputError
 from dataset.resident import DATA_PATHS, ResidentLoader, choose_data_path, make_resident_loader
 from dataset.schema import POOLINGS, Schema
 from dataset.store import SPLITS, StoreCorruptError, StoreReader
@@ -153,6 +155,13 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
                      help="batch: adds embed_l2 * ||rows the batch touches||^2 / B to the loss; table: adds "
                           "embed_l2 / 2 * ||every embedding table||^2, FuxiCTR's embedding_regularizer (what BARS "
                           "ran; costs a pass over the whole table per step)")
+    opt.add_argument("--pretrained_embed", nargs="+", default=[], metavar="FIELD=PATH",
+                     help="a new run starts these fields' rows from word2vec text files ('raw_value v_1 .. v_D' "
+                          "per line, optional 'N D' first line); values not in the file keep the normal init "
+                          "(--resume never re-applies them: the checkpoint has the weights)")
+    opt.add_argument("--freeze_embed", nargs="+", default=[], metavar="FIELD",
+                     help="these fields' embedding rows never change; a field sharing its vocabulary with "
+                          "another field freezes both (the rows are the same); their first-order weights still train")
     opt.add_argument("--clip_grad_norm", type=float, default=0.0, metavar="MAX",
                      help="before every optimizer step, scale the gradients of all parameters so that their "
                           "total L2 norm is at most MAX (0: off; FuxiCTR and BARS runs clip at 10)")
@@ -1162,6 +1171,7 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
     multitask = models.get_model_class(args.model).multitask
     args.monitor = resolve_monitor(args.monitor, kept.task_types if multitask else kept.task_types[:1],
                                    store.schema.user_field is not None)
+    args.pretrained_sha256 = check_embed_flags(args, store, hparams)
     meta = store.meta
     return {"model": args.model, "model_hparams": hparams,
             "train": {k: v for k, v in vars(args).items() if k != "model"},
@@ -1170,6 +1180,61 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
             "store": {"path": str(args.data), "dataset": meta.get("dataset"), "schema": meta["schema"],
                       "splits": meta["splits"], "options": meta.get("options", {}),
                       "vocab_checksum": vocabulary_checksum(store)}}
+
+
+def embed_field(fields: Sequence[str], field: str, flag: str) -> int:
+    """A field named by --pretrained_embed / --freeze_embed -> its column among the model's sparse ``fields``;
+    UsageError if unknown."""
+    if field not in fields:
+        raise UsageError(f"{flag} {field}: no such field with an embedding; the fields are {', '.join(fields)}")
+    return list(fields).index(field)
+
+
+def pretrained_files(args: argparse.Namespace) -> dict[str, Path]:
+    """--pretrained_embed FIELD=PATH ... -> {field: path}."""
+    files: dict[str, Path] = {}
+    for item in args.pretrained_embed:
+        field, sep, path = item.partition("=")
+        if not sep or not field or not path:
+            raise UsageError(f"--pretrained_embed {item!r}: expected FIELD=PATH, e.g. C3=vectors.txt")
+        files[field] = Path(path)
+    return files
+
+
+def check_embed_flags(args: argparse.Namespace, store: StoreReader, hparams: dict[str, Any]) -> dict[str, str]:
+    """Checks --freeze_embed and --pretrained_embed (fields, files, dimensions) -> sha256 of each file (what
+    config.json records); a resumed run keeps the ones it recorded."""
+    for field in args.freeze_embed:
+        embed_field(store.schema.sparse_fields, field, "--freeze_embed")
+    if args.resume:
+        return getattr(args, "pretrained_sha256", {}) or {}
+    sums = {}
+    for field, path in pretrained_files(args).items():
+        embed_field(store.schema.sparse_fields, field, "--pretrained_embed")
+        if not path.is_file():
+            raise UsageError(f"--pretrained_embed {field}={path}: no such file")
+        try:
+            pretrained_ids(store, field, path, hparams.get("embed_dim", 16))
+        except InputError as e:
+            raise UsageError(f"--pretrained_embed {field}: {e}") from None
+        sums[field] = sha256_file(path)
+    return sums
+
+
+def apply_embed_flags(model: nn.Module, args: argparse.Namespace, store: StoreReader, fields: Sequence[str],
+                      master: bool) -> None:
+    """--pretrained_embed (a new run only) and --freeze_embed on ``model``'s embedding (``fields``: the model's
+    sparse fields, --drop_fields removed)."""
+    emb = model.embedding
+    if not args.resume:
+        for field, path in pretrained_files(args).items():
+            ids, vectors, unknown = pretrained_ids(store, field, path, emb.embed_dim)
+            emb.load_field_vectors(embed_field(fields, field, "--pretrained_embed"), torch.from_numpy(ids),
+                                   torch.from_numpy(vectors))
+            if master:
+                print(f"--pretrained_embed {field}: {len(ids)} rows set from {path}; {unknown} of its values "
+                      f"are not in the vocabulary (skipped)")
+    emb.freeze_fields([embed_field(fields, f, "--freeze_embed") for f in args.freeze_embed])
 
 
 def resolve_data_path(args: argparse.Namespace, store: StoreReader, devices: Sequence[torch.device],
@@ -1266,6 +1331,7 @@ class Trainer:
         self.store = open_store(config["store"]["path"])
         self.inputs, schema = Inputs.of(self.store.schema, self.args.drop_fields, self.args.labels, ctx.device)
         self.model = build(config, schema, ctx.device)
+        apply_embed_flags(self.model, self.args, self.store, schema.sparse_fields, ctx.master)
         self.loss_fn = make_loss_fn(self.model, self.args)
         self.optimizer = make_optimizer(self.model, self.args)
         self.scheduler = make_scheduler(self.optimizer, self.args)

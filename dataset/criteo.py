@@ -79,7 +79,7 @@ from dataset.schema import Schema
 from dataset.split import DEFAULT_SPLIT, EVERY_SPLIT_NEEDED, SPLITS, SplitAssigner, check_common, check_split_rows
 from dataset.store import StoreReader, StoreWriter, check_out, human_size, out_of_space, scratch_dir, space_failure
 from dataset.synthetic import write_synthetic_criteo
-from dataset.vocab import Vocabulary, count_values, hash_codes, ids_from_positions
+from dataset.vocab import OOV_ID, Vocabulary, count_values, hash_codes, ids_from_positions
 
 LABEL = "click"
 INT_FIELDS = tuple(f"I{i}" for i in range(1, 14))
@@ -721,6 +721,35 @@ class RawRows:
             if "\t" in cell or "\n" in cell or "\r" in cell:
                 raise InputError(f"{name}: a cell cannot hold a tab or line break, got {cell!r}")
         return ("\t".join(cells) + "\n").encode("utf-8")
+
+    def encode_values(self, field: str, values: list[str]) -> np.ndarray:
+        """Raw values of one field as they appear in a raw row (a C field's hex string, an I field's integer;
+        ``""``: missing) -> ids int64 [n], by the field's encoder, after the decoding :func:`parse_block` and
+        :func:`_records` apply (hex -> code, integer -> bucket); a value that does not parse is OOV.
+        :class:`InputError` for a field this store does not embed or hashes."""
+        names = [_field_name(col) for col in _sparse_columns(self.dense)]
+        if field not in names:
+            raise InputError(f"field {field!r} has no vocabulary in this store (dense {self.dense!r}); "
+                             f"fields with one: {', '.join(names)}")
+        col = _sparse_columns(self.dense)[names.index(field)]
+        encoder = self.encoders[names.index(field)]
+        if isinstance(encoder, HashedField):
+            raise InputError(f"field {field} is hashed into {encoder.buckets} buckets: it keeps no values, and a "
+                             f"value's id is only its bucket, shared with other values")
+        codes, missing, bad = np.zeros(len(values), np.int64), np.zeros(len(values), bool), []
+        for i, v in enumerate(values):
+            try:
+                code = int(v, 16) if col >= 13 else int(v)
+                if not (0 <= code < 1 << 32 if col >= 13 else -1 << 62 < code < 1 << 62):
+                    raise ValueError(v)
+                codes[i] = code
+            except ValueError:
+                missing[i], bad = v == "", bad + [i]
+        codes = codes.astype(np.uint32) if col >= 13 else bucketize(codes).view(np.int32)
+        ids = encoder.encode(codes, missing).astype(np.int64)
+        unparsed = [i for i in bad if not missing[i]]
+        ids[unparsed] = OOV_ID
+        return ids
 
     @staticmethod
     def is_labelled(path: Path) -> bool:

@@ -77,6 +77,7 @@ class FeatureEmbedding(nn.Module):
         start = dict(zip(vocabs, field_offsets(list(vocabs.values())).tolist()))
         self.register_buffer("offsets", torch.tensor([start[v] for v in schema.sparse_vocabs], dtype=torch.long),
                              persistent=False)  # [F_sparse]
+        self.field_sizes = [vocabs[v] for v in schema.sparse_vocabs]  # vocabulary size of each sparse field
         self._init_sequences(schema, start)
         total = sum(vocabs.values())
         self.table = nn.Embedding(total, embed_dim)
@@ -244,3 +245,39 @@ class FeatureEmbedding(nn.Module):
         """
         squares = [p.pow(2).sum() for name, p in self.named_parameters() if name != "bias"]
         return 0.5 * torch.stack(squares).sum()
+
+    # -- rows of given ids: embeddings in and out ------------------------------------------------------
+
+    def field_rows(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of :attr:`table` that hold sparse field ``field``'s ids: int64 [n] -> int64 [n]."""
+        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.field_sizes[field]):
+            raise ValueError(f"ids of sparse field {field} must be in [0, {self.field_sizes[field]})")
+        return ids.to(self.offsets.device) + self.offsets[field]
+
+    def field_vectors(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings of sparse field ``field``'s ids: int64 [n] -> [n, D] (a detached copy)."""
+        return self.table.weight.detach()[self.field_rows(field, ids)].clone()
+
+    @torch.no_grad()
+    def load_field_vectors(self, field: int, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Put ``vectors`` [n, D] in the rows of sparse field ``field``'s ids [n] (pretrained init); every
+        other row keeps its value. Fields sharing the vocabulary read the same rows."""
+        if vectors.shape != (ids.numel(), self.embed_dim):
+            raise ValueError(f"expected vectors of shape ({ids.numel()}, {self.embed_dim}), got {tuple(vectors.shape)}")
+        weight = self.table.weight
+        weight[self.field_rows(field, ids)] = vectors.to(weight.device, weight.dtype)
+
+    def freeze_fields(self, fields: Sequence[int]) -> None:
+        """Keep every row of these sparse fields' vocabularies fixed: a hook zeroes those rows of
+        :attr:`table`'s gradient, so whatever the loss (L2 terms included) they get no gradient, Adam's
+        moments of them stay 0 and the rows stay bit-identical. A vocabulary shared by several fields is
+        frozen for all of them (the rows are the same). The first-order table is not frozen."""
+        rows = [torch.arange(self.field_sizes[f]) + int(self.offsets[f]) for f in fields]
+        if not rows:
+            return
+        frozen = torch.unique(torch.cat(rows)).to(self.table.weight.device)  # [R]
+
+        def zero_frozen(grad: torch.Tensor) -> torch.Tensor:
+            return grad.index_fill(0, frozen, 0.0)
+
+        self.table.weight.register_hook(zero_frozen)

@@ -32,3 +32,11 @@ class AFM(CTRModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         f_att = self.afm(self.embedding(batch))  # [B, D]
         return self.embedding.linear(batch) + self.p(f_att)  # [B, 1]
+
+    def attention(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """AFM's attention weights a_{ij} over field pairs (DeepCTR FAQ 3), from the very module forward
+        uses -> (weights [B, P], each row summing to 1; the pairs (field_i, field_j) as embedding field
+        numbers, i < j, in weight column order)."""
+        _, weights = self.afm.attend(self.embedding(batch))  # [B, P]
+        rows, cols = self.afm.pairs.rows.tolist(), self.afm.pairs.cols.tolist()
+        return weights, list(zip(rows, cols))
