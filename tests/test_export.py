@@ -108,7 +108,7 @@ def eager_probs(run_dir: Path, rows: dict[str, torch.Tensor]) -> np.ndarray:
         return train.predict_batch(model, rows, tasks, False, inputs)[:, tasks:2 * tasks].numpy()
 
 
-def test_rows(store: Path, n: int) -> dict[str, torch.Tensor]:
+def held_out_rows(store: Path, n: int) -> dict[str, torch.Tensor]:
     """The last ``n`` rows of the test split (not those the export was checked on), batch dtypes."""
     reader = StoreReader(store)
     split = reader.read_split("test")
@@ -124,7 +124,7 @@ def assert_parity(out: Path, run_dir: Path, store: Path) -> None:
     session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     fed = {i.name for i in session.get_inputs()}
     for size in BATCH_SIZES:
-        rows = test_rows(store, size)
+        rows = held_out_rows(store, size)
         want = eager_probs(run_dir, rows)
         assert want.shape == (size, len(manifest["tasks"]))
         with torch.inference_mode():
@@ -132,7 +132,7 @@ def assert_parity(out: Path, run_dir: Path, store: Path) -> None:
         got_onnx = session.run(["prob"], {n: rows[n].numpy() for n in names if n in fed})[0]
         np.testing.assert_allclose(got_ts, want, rtol=0, atol=1e-5)
         np.testing.assert_allclose(got_onnx, want, rtol=0, atol=1e-5)
-    spread = eager_probs(run_dir, test_rows(store, 200))
+    spread = eager_probs(run_dir, held_out_rows(store, 200))
     assert spread.std(axis=0).min() > 1e-3, "probabilities nearly constant: the parity check would be weak"
 
 
@@ -156,3 +156,108 @@ def test_exports_match_the_eager_model_on_real_rows(name, stores, tmp_path):
 @pytest.mark.parametrize("name", [n for n in models.model_names() if n not in FAST_MODELS])
 def test_every_model_exports_with_parity(name, stores, tmp_path):
     export_and_check(stores, name, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- the directory
+
+
+@pytest.fixture(scope="module")
+def trained_run(stores, tmp_path_factory) -> Path:
+    """A DeepFM run of train.py itself (2 steps) on the criteo store, dropping C1 (column selection inside)."""
+    run_dir = tmp_path_factory.mktemp("export_run") / "run"
+    argv = ["--model", "DeepFM", "--hidden_units", "16", "--embed_size", "4", "--data",
+            str(store_for(stores, "DeepFM")), "--max_steps", "2", "--batch_size", "64", "--gpu_ids", "",
+            "--num_workers", "0", "--drop_fields", "C1", "--model_save_dir", str(run_dir)]
+    assert train.main(argv) == 0
+    return run_dir
+
+
+def test_cli_end_to_end_on_a_train_py_run_and_the_manifest(trained_run, stores, tmp_path, capsys):
+    out = tmp_path / "deepfm"
+    assert export.main([str(trained_run), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["files"] == ["manifest.json", "model.onnx", "model.pt", "vocab.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.pt", "vocab.json"]
+    assert not list(tmp_path.glob(".deepfm.*"))  # no temporary directory left behind
+    store = StoreReader(store_for(stores, "DeepFM"))
+    m = json.loads((out / "manifest.json").read_text())
+    config = json.loads((trained_run / "config.json").read_text())
+    assert m["model"] == "DeepFM" and m["model_hparams"] == config["model_hparams"]
+    assert m["train"]["drop_fields"] == ["C1"]
+    assert (m["tasks"], m["task_types"]) == (["click"], ["binary"])
+    assert m["schema"]["sparse_fields"] == list(store.schema.sparse_fields)  # the store's layout, C1 included
+    assert m["schema"]["dense_fields"] == [f"I{i}" for i in range(1, 14)]
+    assert m["inputs"] == [{"name": "sparse", "dtype": "int64", "shape": ["batch", 26]},
+                           {"name": "dense", "dtype": "float32", "shape": ["batch", 13]}]
+    assert m["outputs"][0]["name"] == "prob" and m["outputs"][0]["shape"] == ["batch", 1]
+    assert m["store"]["path"] == str(store.path)
+    assert m["store"]["vocab_checksum"] == config["store"]["vocab_checksum"] == vocabulary_checksum(store)
+    for name in ("model.pt", "model.onnx", "vocab.json"):
+        assert m["files"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    assert m["versions"]["torch"] == torch.__version__ and m["versions"]["onnxruntime"] == onnxruntime.__version__
+    assert m["not_exported"] == {} and m["exported_at"].startswith("20")
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert vocab["vocabularies"] == vocabulary_records(store)
+    assert vocab["vocabularies"]["C3"]["hash_buckets"] == 97 and vocab["options"]["dense"] == "numeric"
+    assert vocab["vocab_checksum"] == m["store"]["vocab_checksum"]
+    assert_parity(out, trained_run, store.path)
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape[0] for i in session.get_inputs()] == ["batch"] * len(session.get_inputs())
+
+
+def test_an_existing_out_is_refused_and_overwrite_replaces_only_an_export(trained_run, tmp_path, capsys):
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    assert export.main([str(trained_run), "--out", str(out)]) == 1
+    assert "--out" in capsys.readouterr().err and (out / "mine.txt").read_text() == "user data"
+    assert export.main([str(trained_run), "--out", str(out), "--overwrite"]) == 1
+    assert "not a directory export.py wrote" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    fresh = tmp_path / "f"
+    export.export_run(trained_run, fresh, formats=("onnx",))
+    with pytest.raises(export.ExportError, match="exists"):
+        export.export_run(trained_run, fresh)
+    before = json.loads((fresh / "manifest.json").read_text())
+    export.export_run(trained_run, fresh, overwrite=True)
+    after = json.loads((fresh / "manifest.json").read_text())
+    assert "model.pt" not in before["files"] and "model.pt" in after["files"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "f"]  # no temporary or old directory left
+
+
+def test_a_format_that_fails_is_named_and_the_other_is_still_written(trained_run, tmp_path, monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("cannot trace this")
+    monkeypatch.setitem(export.EXPORTERS, "torchscript", broken)
+    result = export.export_run(trained_run, tmp_path / "e")
+    assert "DeepFM to torchscript: tracing fails (RuntimeError: cannot trace this)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["manifest.json", "model.onnx", "vocab.json"]
+    assert "torchscript" in json.loads((tmp_path / "e" / "manifest.json").read_text())["not_exported"]
+    assert result["not_exported"]["torchscript"].startswith("tracing fails")
+    with pytest.raises(export.ExportError, match="DeepFM could not be exported in any format"):
+        export.export_run(trained_run, tmp_path / "g", formats=("torchscript",))
+    assert not (tmp_path / "g").exists() and list(tmp_path.iterdir()) == [tmp_path / "e"]
+
+
+def test_an_export_that_gives_other_numbers_is_not_written(trained_run, tmp_path, monkeypatch):
+    real = export.EXPORTERS["onnx"]
+    monkeypatch.setitem(export.EXPORTERS, "onnx", lambda *a: (lambda rows: real(*a)(rows) + 1e-4))
+    result = export.export_run(trained_run, tmp_path / "e")
+    assert "differ from the eager model's by 0.0001" in result["not_exported"]["onnx"]
+    assert not (tmp_path / "e" / "model.onnx").exists() and (tmp_path / "e" / "model.pt").exists()
+
+
+def test_user_faults_are_one_line_errors(trained_run, stores, tmp_path, capsys):
+    empty = tmp_path / "run"
+    empty.mkdir()
+    assert export.main([str(empty), "--out", str(tmp_path / "a")]) == 1
+    assert "has no best.pt" in capsys.readouterr().err
+    assert export.main([str(trained_run), "--out", str(tmp_path / "a"), "--data", str(tmp_path / "nowhere")]) == 1
+    assert "is not there; pass --data PATH" in capsys.readouterr().err
+    other = store_for(stores, "MMoE")  # another schema (two labels)
+    assert export.main([str(trained_run), "--out", str(tmp_path / "a"), "--data", str(other)]) == 1
+    assert "does not match the checkpoint's store" in capsys.readouterr().err
+    assert export.main([str(trained_run), "--out", str(tmp_path / "a"), "--format", "onnx,tflite"]) == 1
+    assert "name one or more of torchscript,onnx" in capsys.readouterr().err
+    assert export.main([str(trained_run), "--out", str(tmp_path / "no" / "a")]) == 1
+    assert "does not exist; create it first" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
