@@ -228,6 +228,14 @@ def manifest(config: dict[str, Any], model: nn.Module, store: StoreReader, run_d
     }
 
 
+def onnx_inputs(path: Path) -> list[str]:
+    """The inputs the ONNX graph takes: the exporter leaves out a block the model never reads (a model without
+    a dense part, sequences a model ignores), and onnxruntime refuses a feed it does not take."""
+    import onnx
+
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+
+
 def vocab_file(store: StoreReader, checksum: str | None) -> dict[str, Any]:
     """The store's vocabularies and preprocessing options, with which field uses which vocabulary."""
     schema = store.schema
@@ -306,8 +314,10 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, formats: t
         checksum = config["store"].get("vocab_checksum")
         (tmp / "vocab.json").write_text(json.dumps(vocab_file(store, checksum), indent=1) + "\n")
         written["vocab.json"] = sha256(tmp / "vocab.json")
-        (tmp / "manifest.json").write_text(
-            json.dumps(manifest(config, model, store, run_dir, written, failed), indent=2) + "\n")
+        record = manifest(config, model, store, run_dir, written, failed)
+        if "model.onnx" in written:
+            record["onnx_inputs"] = onnx_inputs(tmp / "model.onnx")
+        (tmp / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
         place(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

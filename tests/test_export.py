@@ -222,6 +222,7 @@ def test_cli_end_to_end_on_a_train_py_run_and_the_manifest(trained_run, stores, 
     assert_parity(out, trained_run, store.path)
     session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.shape[0] for i in session.get_inputs()] == ["batch"] * len(session.get_inputs())
+    assert m["onnx_inputs"] == [i.name for i in session.get_inputs()] == ["sparse", "dense"]
 
 
 def test_an_existing_out_is_refused_and_overwrite_replaces_only_an_export(trained_run, tmp_path, capsys):
