@@ -77,9 +77,19 @@ class FieldEmbeddedProduct(PairwiseProduct):
         self.U = xavier_normal_stack(self.num_pairs, embed_dim, embed_dim)  # [P, D, D]
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """Pairs are grouped by their left field ``i`` (a contiguous block ``j = i+1 .. F-1`` in pair order):
+        one ``[B, D] @ [D, n*D]`` matmul per field instead of a gathered [B, P, D] copy of both members,
+        whose indexing backward made this layer ~3x slower on CPU at Criteo's 39 fields."""
+        batch, num_fields, dim = emb.shape
         sym = self.U + self.U.transpose(1, 2)  # [P, D, D]
-        left = torch.einsum("bpd,pde->bpe", emb[:, self.rows], sym)  # v_i^T (W + W^T): [B, P, D]
-        return (left * emb[:, self.cols]).sum(dim=-1)  # [B, P]
+        out, start = [], 0
+        for i in range(num_fields - 1):
+            n = num_fields - 1 - i  # pairs (i, i+1) .. (i, F-1)
+            block = sym[start:start + n].permute(1, 0, 2).reshape(dim, n * dim)  # [D, n*D]
+            left = (emb[:, i] @ block).view(batch, n, dim)  # v_i^T (U_ij + U_ij^T): [B, n, D]
+            out.append((left * emb[:, i + 1:]).sum(dim=-1))  # [B, n]
+            start += n
+        return torch.cat(out, dim=1)  # [B, P]
 
 
 class InputAwareFM(nn.Module):

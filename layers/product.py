@@ -33,10 +33,19 @@ class InnerProduct(PairwiseProduct):
     linear layer, which computes ``l_p`` exactly.
 
     Shape: ``[B, F, D]`` -> ``[B, P]``.
+
+    Computed from the Gram matrix ``E E^T`` [B, F, F] and its upper triangle rather than from gathered
+    pairs: the gather made two [B, P, D] copies whose indexing backward (a serial scatter-add) dominated
+    FwFM's and IPNN's step on CPU (~20x slower at Criteo's 39 fields, batch 4096).
     """
 
+    def __init__(self, num_fields: int) -> None:
+        super().__init__(num_fields)
+        self.register_buffer("flat", self.rows * num_fields + self.cols, persistent=False)  # [P] into F*F
+
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return super().forward(emb).sum(dim=-1)  # sum_d (f_i ⊙ f_j): [B, P]
+        gram = torch.bmm(emb, emb.transpose(1, 2))  # <f_i, f_j> for all i, j: [B, F, F]
+        return torch.index_select(gram.flatten(1), 1, self.flat)  # upper triangle, pair order: [B, P]
 
 
 class OuterProduct(PairwiseProduct):
