@@ -1204,20 +1204,20 @@ def pretrained_files(args: argparse.Namespace) -> dict[str, Path]:
 def check_embed_flags(args: argparse.Namespace, store: StoreReader, hparams: dict[str, Any]) -> dict[str, str]:
     """Checks --freeze_embed and --pretrained_embed (fields, files, dimensions) -> sha256 of each file (what
     config.json records); a resumed run keeps the ones it recorded."""
-    for field in args.freeze_embed:
-        embed_field(store.schema.sparse_fields, field, "--freeze_embed")
+    for name in args.freeze_embed:
+        embed_field(store.schema.sparse_fields, name, "--freeze_embed")
     if args.resume:
         return getattr(args, "pretrained_sha256", {}) or {}
     sums = {}
-    for field, path in pretrained_files(args).items():
-        embed_field(store.schema.sparse_fields, field, "--pretrained_embed")
+    for name, path in pretrained_files(args).items():
+        embed_field(store.schema.sparse_fields, name, "--pretrained_embed")
         if not path.is_file():
-            raise UsageError(f"--pretrained_embed {field}={path}: no such file")
+            raise UsageError(f"--pretrained_embed {name}={path}: no such file")
         try:
-            pretrained_ids(store, field, path, hparams.get("embed_dim", 16))
+            pretrained_ids(store, name, path, hparams.get("embed_dim", 16))
         except InputError as e:
-            raise UsageError(f"--pretrained_embed {field}: {e}") from None
-        sums[field] = sha256_file(path)
+            raise UsageError(f"--pretrained_embed {name}: {e}") from None
+        sums[name] = sha256_file(path)
     return sums
 
 
