@@ -25,6 +25,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,19 +50,39 @@ def encode_only(store: Path, path: Path) -> tuple[int, float]:
     return rows, time.perf_counter() - start
 
 
+def trained_run(raw: Path, work: Path, max_steps: int, caller: str) -> tuple[Path, Path]:
+    """``raw`` Criteo rows -> (their store ``work/store``, a DeepFM run dir ``work/run`` with train.py's default
+    sizes trained ``max_steps`` steps on it): the run the prediction and serving benchmarks score with."""
+    store = work / "store"
+    preprocess_criteo(raw, store, progress=False)
+    run = work / "run"
+    code = train.main(["--model", "DeepFM", "--data", str(store), "--max_steps", str(max_steps), "--gpu_ids", "",
+                       "--num_workers", "0", "--model_save_dir", str(run)])
+    if code:
+        raise SystemExit(f"{caller}: training the DeepFM run failed (exit {code})")
+    return store, run
+
+
+def print_in_workdir(workdir: str | None, keep: bool, prefix: str, bench: Callable[[Path], dict]) -> int:
+    """Run ``bench(work)`` in ``workdir`` (default: a temporary directory, removed afterwards unless ``keep``)
+    and print its result as JSON."""
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        print(json.dumps(bench(work), indent=2))
+    finally:
+        if not keep and not workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def bench(rows: int, store_rows: int, max_steps: int, batch_size: int, work: Path) -> dict:
     raw = write_synthetic_criteo(work / "rows.txt", rows, seed=0)
     head = work / "head.txt"
     with open(raw, "rb") as src, open(head, "wb") as dst:
         for _, line in zip(range(store_rows), src):
             dst.write(line)
-    store = work / "store"
-    preprocess_criteo(head, store, progress=False)
-    run = work / "run"
-    code = train.main(["--model", "DeepFM", "--data", str(store), "--max_steps", str(max_steps), "--gpu_ids", "",
-                       "--num_workers", "0", "--model_save_dir", str(run)])
-    if code:
-        raise SystemExit(f"bench_predict.py: training the DeepFM run failed (exit {code})")
+    store, run = trained_run(head, work, max_steps, "bench_predict.py")
     encoded, encode_s = encode_only(store, raw)
     result = predict.predict_file(run, raw, work / "preds.tsv", batch_size=batch_size, progress=False)
     stages = result["stage_seconds"]
@@ -87,14 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rows < 1 or args.store_rows < 1000:
         p.error("--rows must be >= 1 and --store_rows >= 1000 (every split needs rows)")
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_predict-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        print(json.dumps(bench(args.rows, args.store_rows, args.max_steps, args.batch_size, work), indent=2))
-    finally:
-        if not args.keep and not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return print_in_workdir(args.workdir, args.keep, "bench_predict-",
+                            lambda work: bench(args.rows, args.store_rows, args.max_steps, args.batch_size, work))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,8 @@ import argparse
 import http.client
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,9 +25,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import train  # noqa: E402
-from dataset.criteo import CAT_FIELDS, INT_FIELDS, preprocess_criteo  # noqa: E402
+from bench_predict import print_in_workdir, trained_run  # noqa: E402
+from dataset.criteo import CAT_FIELDS, INT_FIELDS  # noqa: E402
 from dataset.synthetic import write_synthetic_criteo  # noqa: E402
 
 FIELDS = [*INT_FIELDS, *CAT_FIELDS]
@@ -42,12 +41,6 @@ def json_rows(path: Path) -> list[dict[str, str]]:
     for line in path.read_text().splitlines():
         rows.append({k: v for k, v in zip(FIELDS, line.split("\t")[1:]) if v})
     return rows
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, seconds: float = 120) -> None:
@@ -121,15 +114,9 @@ def load(port: int, bodies: list[bytes], clients: int, seconds: float, warmup: i
 
 def bench(args: argparse.Namespace, work: Path) -> dict:
     raw = write_synthetic_criteo(work / "rows.txt", args.store_rows, seed=0)
-    store = work / "store"
-    preprocess_criteo(raw, store, progress=False)
-    run = work / "run"
-    code = train.main(["--model", "DeepFM", "--data", str(store), "--max_steps", str(args.max_steps), "--gpu_ids",
-                       "", "--num_workers", "0", "--model_save_dir", str(run)])
-    if code:
-        raise SystemExit(f"bench_serve.py: training the DeepFM run failed (exit {code})")
+    _, run = trained_run(raw, work, args.max_steps, "bench_serve.py")
     rows = json_rows(raw)
-    port = free_port()
+    port = train.free_port()
     cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), str(run), "--port", str(port), "--threads",
            str(args.threads), "--max_rows", "256"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
@@ -170,14 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--seconds must be > 0, --clients and --threads >= 1, --warmup >= 0")
     if any(not 1 <= s <= 256 for s in args.sizes) or args.store_rows < 1000:
         p.error("--sizes must be in 1..256 and --store_rows >= 1000 (every split needs rows)")
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_serve-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        print(json.dumps(bench(args, work), indent=2))
-    finally:
-        if not args.keep and not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return print_in_workdir(args.workdir, args.keep, "bench_serve-", lambda work: bench(args, work))
 
 
 if __name__ == "__main__":
