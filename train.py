@@ -63,7 +63,6 @@ from tqdm import tqdm
 
 import models
 from dataset.loader import CTRLoader, make_loader
-from dataset.embed_values import pretrained_ids, sha256_file
 from dataset.predict_encode import vocabulary_checksum
 from dataset.raw import InputError
 from dataset.resident import DATA_PATHS, ResidentLoader, choose_data_path, make_resident_loader
@@ -1213,7 +1212,10 @@ def pretrained_files(args: argparse.Namespace) -> dict[str, Path]:
 
 def check_embed_flags(args: argparse.Namespace, store: StoreReader, hparams: dict[str, Any]) -> dict[str, str]:
     """Checks --freeze_embed and --pretrained_embed (fields, files, dimensions) -> sha256 of each file (what
-    config.json records); a resumed run keeps the ones it recorded."""
+    config.json records); a resumed run keeps the ones it recorded. dataset.embed_values is imported here, not
+    at start-up: it reaches pandas through the vocabularies, which only runs with these flags need."""
+    from dataset.embed_values import pretrained_ids, sha256_file
+
     for name in args.freeze_embed:
         embed_field(store.schema.sparse_fields, name, "--freeze_embed")
     if args.resume:
@@ -1235,6 +1237,8 @@ def apply_embed_flags(model: nn.Module, args: argparse.Namespace, store: StoreRe
                       master: bool) -> None:
     """--pretrained_embed (a new run only) and --freeze_embed on ``model``'s embedding (``fields``: the model's
     sparse fields, --drop_fields removed)."""
+    from dataset.embed_values import pretrained_ids  # not at start-up: see check_embed_flags
+
     emb = model.embedding
     if not args.resume:
         for field, path in pretrained_files(args).items():
