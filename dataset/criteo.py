@@ -73,7 +73,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from dataset.buckets import ShuffleBuckets, bucket_count
-from dataset.predict_encode import EncodedBlock
+from dataset.predict_encode import EncodedBlock, join_cells
 from dataset.raw import InputError, in_order, is_gzip, open_raw
 from dataset.schema import Schema
 from dataset.split import DEFAULT_SPLIT, EVERY_SPLIT_NEEDED, SPLITS, SplitAssigner, check_common, check_split_rows
@@ -712,15 +712,10 @@ class RawRows:
     columns: list[str] = [*INT_FIELDS, *CAT_FIELDS]  # an unlabelled row's cells, as test.txt orders them
 
     def line(self, cells: Sequence[str]) -> bytes:
-        """One raw unlabelled line (test.txt's format: I1..I13 C1..C26, tab-separated, ``\\n``) from its cells in
-        :attr:`columns` order; "" is a missing cell. The cells' values are checked by the tokenizer, not here;
-        :class:`InputError` if a cell would change the line's shape (a tab or line break inside it)."""
-        if len(cells) != len(self.columns):
-            raise InputError(f"a Criteo row has {len(self.columns)} cells (I1..I13 C1..C26), got {len(cells)}")
-        for name, cell in zip(self.columns, cells):
-            if "\t" in cell or "\n" in cell or "\r" in cell:
-                raise InputError(f"{name}: a cell cannot hold a tab or line break, got {cell!r}")
-        return ("\t".join(cells) + "\n").encode("utf-8")
+        """One raw unlabelled line (test.txt's format: I1..I13 C1..C26, tab-separated) from its cells in
+        :attr:`columns` order; "" is a missing cell. The cells' values are checked by the tokenizer, not here
+        (:func:`dataset.predict_encode.join_cells`: only the line's shape)."""
+        return join_cells(self.columns, cells, "\t")
 
     def encode_values(self, field: str, values: list[str]) -> np.ndarray:
         """Raw values of one field as they appear in a raw row (a C field's hex string, an I field's integer;

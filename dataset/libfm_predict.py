@@ -17,7 +17,7 @@ import numpy as np
 
 from dataset.libfm import (BAD_ROW_KINDS, BLANK, BLOCK_BYTES, FieldEncoder, FieldLayout, _CODE, _text_blocks,
                            tokenize)
-from dataset.predict_encode import EncodedBlock
+from dataset.predict_encode import EncodedBlock, join_cells
 from dataset.raw import InputError, in_order, open_raw
 from dataset.store import StoreReader
 
@@ -51,9 +51,7 @@ class RawRows:
 
     def line(self, cells: Sequence[str]) -> bytes:
         """One raw unlabelled line (``index:value`` per field, space-separated) from its cells."""
-        if len(cells) != len(self.columns):
-            raise InputError(f"a row has {len(self.columns)} cells ({', '.join(self.columns)}), got {len(cells)}")
-        return (" ".join(cells) + "\n").encode("ascii")
+        return join_cells(self.columns, cells, " ", "ascii")
 
     @staticmethod
     def is_labelled(path: Path) -> bool:

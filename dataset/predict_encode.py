@@ -12,10 +12,7 @@ and offering
 * ``line(cells: Sequence[str]) -> bytes``: one raw unlabelled line in the dataset's format from its cells in
   ``columns`` order ("" = a missing cell); :class:`InputError` if a cell would break the line's shape. The
   online service (scripts/serve.py) turns each JSON row into such a line and scores the lines through
-  ``blocks``, so a served row is encoded by exactly the code that scores files.
-
-* ``columns: list[str]``, the raw column names of an unlabelled row in file order, and ``line(cells) -> bytes``,
-  one raw unlabelled line from those cells (for the HTTP service).
+  ``blocks``, so a served row is encoded by exactly the code that scores files (:func:`join_cells` builds it).
 
 Criteo (``preprocess.py criteo``: train.txt's format, test.txt's and the BARS Criteo_x4 CSV; dataset/criteo.py,
 dataset/criteo_predict.py), Avazu (the Kaggle CSV; dataset/avazu.py on dataset/table_predict.py) and Frappe /
@@ -32,6 +29,8 @@ import importlib
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from typing import Sequence
 
 import numpy as np
 
@@ -61,6 +60,18 @@ class EncodedBlock:
         """Number the lines from the file's start: add the lines of the blocks before this one."""
         self.lines = self.lines + lines_before
         self.bad = {k: v + lines_before for k, v in self.bad.items()}
+
+
+def join_cells(columns: Sequence[str], cells: Sequence[str], separator: str, encoding: str = "utf-8") -> bytes:
+    """One raw line (``\\n``-terminated) from its ``cells`` in ``columns`` order, joined by ``separator``: what
+    every encoder's ``line`` returns. :class:`InputError` if the number of cells is wrong, or if a cell holds
+    the separator or a line break (it would change the line's shape: shifted cells, an extra line)."""
+    if len(cells) != len(columns):
+        raise InputError(f"a row has {len(columns)} cells ({', '.join(columns)}), got {len(cells)}")
+    for name, cell in zip(columns, cells):
+        if separator in cell or "\n" in cell or "\r" in cell:
+            raise InputError(f"{name}: a cell cannot hold the separator {separator!r} or a line break, got {cell!r}")
+    return (separator.join(cells) + "\n").encode(encoding)
 
 
 def raw_rows(store: StoreReader) -> Any:

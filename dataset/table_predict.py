@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from dataset.predict_encode import EncodedBlock
+from dataset.predict_encode import EncodedBlock, join_cells
 from dataset.raw import InputError, in_order, open_raw
 from dataset.store import StoreReader
 from dataset.table import (AHEAD, BLOCK_BYTES, BlockParser, Encoders, FittedVocab, HashedVocab, _column_index,
@@ -68,9 +68,7 @@ class TableRawRows:
 
     def line(self, cells: Sequence[str]) -> bytes:
         """One raw unlabelled line (no header) in the dataset's format from its cells (:attr:`columns` order)."""
-        if len(cells) != len(self.columns):
-            raise InputError(f"a row has {len(self.columns)} cells ({', '.join(self.columns)}), got {len(cells)}")
-        return (self.spec.separator.join(cells) + "\n").encode(self.spec.encoding)
+        return join_cells(self.columns, cells, self.spec.separator, self.spec.encoding)
 
     def is_labelled(self, path: Path) -> bool:
         """Whether the file's rows carry the label column(s), from its first line: a header naming the columns
