@@ -718,32 +718,30 @@ class RawRows:
         return join_cells(self.columns, cells, "\t")
 
     def encode_values(self, field: str, values: list[str]) -> np.ndarray:
-        """Raw values of one field as they appear in a raw row (a C field's hex string, an I field's integer;
-        ``""``: missing) -> ids int64 [n], by the field's encoder, after the decoding :func:`parse_block` and
-        :func:`_records` apply (hex -> code, integer -> bucket); a value that does not parse is OOV.
-        :class:`InputError` for a field this store does not embed or hashes."""
+        """Raw values of one field as they appear in a raw row (a C field's 8 hex digits, an I field's integer;
+        ``""``: missing) -> ids int64 [n]: each value goes into an otherwise empty unlabelled line through the
+        tokenizer and encoder that score files (:meth:`_encode_block`), so it gets exactly the id preprocessing
+        gave it; a value the tokenizer rejects (or that cannot sit in a cell) is OOV. :class:`InputError` for a
+        field this store does not embed or hashes."""
         names = [_field_name(col) for col in _sparse_columns(self.dense)]
         if field not in names:
             raise InputError(f"field {field!r} has no vocabulary in this store (dense {self.dense!r}); "
                              f"fields with one: {', '.join(names)}")
-        col = _sparse_columns(self.dense)[names.index(field)]
         encoder = self.encoders[names.index(field)]
         if isinstance(encoder, HashedField):
             raise InputError(f"field {field} is hashed into {encoder.buckets} buckets: it keeps no values, and a "
                              f"value's id is only its bucket, shared with other values")
-        codes, missing, bad = np.zeros(len(values), np.int64), np.zeros(len(values), bool), []
-        for i, v in enumerate(values):
-            try:
-                code = int(v, 16) if col >= 13 else int(v)
-                if not (0 <= code < 1 << 32 if col >= 13 else -1 << 62 < code < 1 << 62):
-                    raise ValueError(v)
-                codes[i] = code
-            except ValueError:
-                missing[i], bad = v == "", bad + [i]
-        codes = codes.astype(np.uint32) if col >= 13 else bucketize(codes).view(np.int32)
-        ids = encoder.encode(codes, missing).astype(np.int64)
-        unparsed = [i for i in bad if not missing[i]]
-        ids[unparsed] = OOV_ID
+        at = self.columns.index(field)
+        fits = np.array([not any(c in v for c in "\t\r\n") for v in values], dtype=bool)
+        row = [""] * len(self.columns)
+        lines = []
+        for value, ok in zip(values, fits):
+            row[at] = value if ok else ""
+            lines.append(self.line(row))
+        block = self._encode_block(TextBlock.from_bytes(b"".join(lines)), labelled=False)
+        ids = np.full(len(values), OOV_ID, dtype=np.int64)
+        ids[block.lines - 1] = block.sparse[:, names.index(field)]
+        ids[~fits] = OOV_ID
         return ids
 
     @staticmethod
