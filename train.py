@@ -1180,7 +1180,7 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
     multitask = models.get_model_class(args.model).multitask
     args.monitor = resolve_monitor(args.monitor, kept.task_types if multitask else kept.task_types[:1],
                                    store.schema.user_field is not None)
-    args.pretrained_sha256 = check_embed_flags(args, store, hparams)
+    args.pretrained_sha256 = check_embed_flags(args, store, kept.sparse_fields, hparams)
     meta = store.meta
     return {"model": args.model, "model_hparams": hparams,
             "train": {k: v for k, v in vars(args).items() if k != "model"},
@@ -1210,19 +1210,21 @@ def pretrained_files(args: argparse.Namespace) -> dict[str, Path]:
     return files
 
 
-def check_embed_flags(args: argparse.Namespace, store: StoreReader, hparams: dict[str, Any]) -> dict[str, str]:
-    """Checks --freeze_embed and --pretrained_embed (fields, files, dimensions) -> sha256 of each file (what
+def check_embed_flags(args: argparse.Namespace, store: StoreReader, fields: Sequence[str],
+                      hparams: dict[str, Any]) -> dict[str, str]:
+    """Checks --freeze_embed and --pretrained_embed (``fields``: the model's sparse fields, --drop_fields removed,
+    as :func:`apply_embed_flags` gets them; files; dimensions) -> sha256 of each file (what
     config.json records); a resumed run keeps the ones it recorded. dataset.embed_values is imported here, not
     at start-up: it reaches pandas through the vocabularies, which only runs with these flags need."""
     from dataset.embed_values import pretrained_ids, sha256_file
 
     for name in args.freeze_embed:
-        embed_field(store.schema.sparse_fields, name, "--freeze_embed")
+        embed_field(fields, name, "--freeze_embed")
     if args.resume:
         return getattr(args, "pretrained_sha256", {}) or {}
     sums = {}
     for name, path in pretrained_files(args).items():
-        embed_field(store.schema.sparse_fields, name, "--pretrained_embed")
+        embed_field(fields, name, "--pretrained_embed")
         if not path.is_file():
             raise UsageError(f"--pretrained_embed {name}={path}: no such file")
         try:

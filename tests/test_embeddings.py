@@ -157,7 +157,9 @@ def test_pretrained_file_errors_name_file_and_line(store, tmp_path, capsys):
     assert "--pretrained_embed C99: no such field" in err and "C26" in err
     assert train.main(train_argv(store, tmp_path / "r3", "--freeze_embed", "I99")) == 2
     assert "--freeze_embed I99: no such field" in capsys.readouterr().err
-    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    assert train.main(train_argv(store, tmp_path / "r4", "--drop_fields", "C3", "--freeze_embed", "C3")) == 2
+    assert "--freeze_embed C3: no such field" in capsys.readouterr().err  # dropped: the model has no C3 rows
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r4"))
 
 
 @pytest.mark.parametrize("mode", ["batch", "table"])
