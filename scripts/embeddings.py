@@ -47,16 +47,18 @@ def extract(run_dir: Path, field: str, values: list[str] | None, data: str | Non
 
 
 def write_atomic(out: Path | None, lines: list[str], overwrite: bool) -> None:
-    """Lines -> ``out`` through a temporary file (stdout when None), never replacing a file without --overwrite."""
+    """Lines -> ``out`` through a temporary file placed as predict.py places its output (stdout when None);
+    :func:`main` has checked ``out`` with :func:`predict.check_out` before any work."""
     text = "".join(line + "\n" for line in lines)
     if out is None:
         sys.stdout.write(text)
         return
-    if out.exists() and not overwrite:
-        raise InputError(f"--out {out} exists; pass another path, or --overwrite to replace it")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        predict.place(tmp, out, overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def extract_lines(values: list[str], ids: np.ndarray, vectors: np.ndarray) -> list[str]:
@@ -125,6 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.out is not None:
+            source = args.values_file if args.command == "extract" else args.input
+            predict.check_out(args.out, source, args.overwrite)
         if args.command == "extract":
             values = (args.values_file.read_text().splitlines() if args.values_file else
                       None if args.all else args.values)

@@ -225,8 +225,10 @@ def metrics(tally: Tally, model: nn.Module) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------- output
 
 
-def check_out(out: Path, input_path: Path, overwrite: bool) -> None:
-    if out.resolve() == input_path.resolve():
+def check_out(out: Path, input_path: Path | None, overwrite: bool) -> None:
+    """``--out`` may be written: not the input file, not a directory, not an existing file without
+    ``overwrite``, in an existing directory. :class:`PredictError` naming the fix otherwise."""
+    if input_path is not None and out.resolve() == input_path.resolve():
         raise PredictError(f"--out {out} is the input file; pass another path")
     if out.is_dir():
         raise PredictError(f"--out {out} is a directory; pass a file path such as {out / 'predictions.tsv'}")

@@ -228,3 +228,12 @@ def test_afm_attention_cli_writes_top_pairs_per_row(store, afm_run, tmp_path):
     top = np.sort(weights[0])[::-1][:4]
     np.testing.assert_allclose([float(r[3]) for r in rows[:4]], top, rtol=0, atol=0)
     assert all(r[1] in FIELDS and r[2] in FIELDS for r in rows)
+
+
+def test_afm_attention_never_writes_over_its_input(afm_run, tmp_path, capsys):
+    raw = tmp_path / "rows.txt"
+    raw.write_bytes(b"".join(HEAD.read_bytes().splitlines(keepends=True)[:5]))
+    before = raw.read_bytes()
+    assert embeddings.main(["afm-attention", str(afm_run), "--input", str(raw), "--out", str(raw),
+                            "--overwrite"]) == 2
+    assert "is the input file" in capsys.readouterr().err and raw.read_bytes() == before
