@@ -64,7 +64,7 @@ from tqdm import tqdm
 import models
 from dataset.loader import CTRLoader, make_loader
 from dataset.predict_encode import vocabulary_checksum
-from dataset.raw import InputError
+from dataset.raw import InputError, sha256_file
 from dataset.resident import DATA_PATHS, ResidentLoader, choose_data_path, make_resident_loader
 from dataset.schema import POOLINGS, Schema
 from dataset.store import SPLITS, StoreCorruptError, StoreReader
@@ -1216,7 +1216,7 @@ def check_embed_flags(args: argparse.Namespace, store: StoreReader, fields: Sequ
     as :func:`apply_embed_flags` gets them; files; dimensions) -> sha256 of each file (what
     config.json records); a resumed run keeps the ones it recorded. dataset.embed_values is imported here, not
     at start-up: it reaches pandas through the vocabularies, which only runs with these flags need."""
-    from dataset.embed_values import pretrained_ids, sha256_file
+    from dataset.embed_values import pretrained_ids
 
     for name in args.freeze_embed:
         embed_field(fields, name, "--freeze_embed")

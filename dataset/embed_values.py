@@ -8,7 +8,6 @@ wrote for it: never a second mapping.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +70,3 @@ def pretrained_ids(store: StoreReader, field: str, path: Path, dim: int) -> tupl
     ids = encode_values(store, field, values)
     kept = ids != OOV_ID
     return ids[kept], vectors[kept], int((~kept).sum())
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -3,6 +3,7 @@ work on a thread pool with results in input order."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import zlib
@@ -93,3 +94,12 @@ def in_order(pool: ThreadPoolExecutor | None, fn: Callable[..., T], items: Itera
     finally:
         for future in pending:
             future.cancel()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read 1 MiB at a time (memory stays bounded whatever the file's size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

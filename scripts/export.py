@@ -30,7 +30,6 @@ existing ``--out`` is refused unless ``--overwrite``, and even then only a direc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import train  # noqa: E402
+from dataset.raw import sha256_file  # noqa: E402
 from dataset.predict_encode import vocabulary_records  # noqa: E402
 from dataset.store import StoreReader  # noqa: E402
 from predict import PredictError, load_run  # noqa: E402
@@ -185,14 +185,6 @@ def first_line(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------- the directory
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"torch": torch.__version__}
     for name in ("onnx", "onnxruntime"):
@@ -307,13 +299,13 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, formats: t
                 path.unlink(missing_ok=True)
                 print(f"export.py: cannot export {config['model']} to {fmt}: {why}", file=sys.stderr)
             else:
-                written[FILES[fmt]] = sha256(path)
+                written[FILES[fmt]] = sha256_file(path)
         if not written:
             raise ExportError(f"{config['model']} could not be exported in any format asked for "
                               f"({', '.join(f'{k}: {v}' for k, v in failed.items())})")
         checksum = config["store"].get("vocab_checksum")
         (tmp / "vocab.json").write_text(json.dumps(vocab_file(store, checksum), indent=1) + "\n")
-        written["vocab.json"] = sha256(tmp / "vocab.json")
+        written["vocab.json"] = sha256_file(tmp / "vocab.json")
         record = manifest(config, model, store, run_dir, written, failed)
         if "model.onnx" in written:
             record["onnx_inputs"] = onnx_inputs(tmp / "model.onnx")
