@@ -24,9 +24,7 @@ config.json), so a run is never scored with a store preprocessed again since.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from dataset.raw import InputError
-from dataset.store import StoreReader
+from dataset.store import StoreReader, vocabulary_checksum as checksum_of
 
 RAW_ROWS = {"criteo": "dataset.criteo_predict:RawRows", "avazu": "dataset.avazu:RawRows",
             "frappe": "dataset.libfm_predict:RawRows", "libfm": "dataset.libfm_predict:RawRows"}
@@ -98,10 +96,13 @@ def vocabulary_records(store: StoreReader) -> dict[str, dict[str, Any]] | None:
 
 
 def vocabulary_checksum(store: StoreReader) -> str | None:
-    """sha256 of what encoding new rows takes from ``store``: its vocabularies (values in id order, hash specs)
-    and its preprocessing options (the dense transform among them); None if it keeps no vocabularies."""
-    records = vocabulary_records(store)
-    if records is None:
-        return None
-    text = json.dumps({"vocabularies": records, "options": store.meta.get("options", {})}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """:func:`dataset.store.vocabulary_checksum` of what ``store`` keeps now, computed from its vocabulary
+    records (what encoding will use); None if it keeps no vocabularies."""
+    return checksum_of(vocabulary_records(store), store.meta.get("options", {}))
+
+
+def recorded_vocabulary_checksum(store: StoreReader) -> str | None:
+    """The :func:`vocabulary_checksum` ``store``'s writer recorded in its metadata (what train.py records at the
+    start of a run, without reading every vocabulary: 0.3 s on 87k values); computed for a store written before
+    stores recorded it."""
+    return store.meta["vocab_checksum"] if "vocab_checksum" in store.meta else vocabulary_checksum(store)

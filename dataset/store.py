@@ -7,7 +7,8 @@ Layout of an environment (a directory holding ``data.mdb``):
       {"format_version": 2, "dataset": "criteo",
        "schema": {...Schema.to_dict(): fields, vocabularies, sequence fields, labels and task types...},
        "splits": {"train": {"rows": 800, "chunks": 1}, "valid": {...}, "test": {...}},
-       "chunk_size": 8192, "options": {...preprocessing flags...}, "stats": {...}}
+       "chunk_size": 8192, "options": {...preprocessing flags...}, "stats": {...},
+       "vocab_checksum": "<sha256 of the kept vocabularies and the options, or null>"}
 
 * key ``<split>/<index:08d>``: one chunk of up to ``chunk_size`` rows: a 24-byte header (row count and the
   :func:`checksum` of the rest), then the blocks of :meth:`Schema.blocks`, contiguous C-order arrays back to back:
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -266,10 +268,18 @@ class StoreWriter:
         for split in SPLITS:
             if self._pending_rows[split]:
                 self._write_full_chunks(split, final=True)
+        records = {}
+        for name in self.schema.vocabs:
+            raw = self._txn.get(VOCAB_PREFIX + name.encode())
+            if raw is None:
+                records = None
+                break
+            records[name] = json.loads(raw)
         self.meta.update(
             schema=self.schema.to_dict(),
             chunk_size=self.chunk_size,
             splits={s: {"rows": self._rows[s], "chunks": self._chunks[s]} for s in SPLITS},
+            vocab_checksum=vocabulary_checksum(records, self.meta.get("options", {})),
         )
         self._txn.put(META_KEY, json.dumps(self.meta, sort_keys=True).encode())
         self._txn.commit()
@@ -315,6 +325,17 @@ class StoreWriter:
         except BaseException as e:
             self._fail(e)
             raise
+
+
+def vocabulary_checksum(records: dict[str, dict[str, Any]] | None, options: dict[str, Any]) -> str | None:
+    """sha256 of what encoding new rows takes from a store: its vocabularies (name -> the record
+    :meth:`StoreWriter.put_vocabulary` kept: values in id order, hash specs) and its preprocessing options (the
+    dense transform among them); None without vocabularies. Computed once, when the store is written
+    (``meta["vocab_checksum"]``); runs record it, so a run is never scored with a store preprocessed again."""
+    if records is None:
+        return None
+    text = json.dumps({"vocabularies": records, "options": options}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 _ENVS: dict[str, tuple[int, lmdb.Environment]] = {}  # resolved path -> (pid, env): one handle per process
