@@ -63,7 +63,7 @@ from tqdm import tqdm
 
 import models
 from dataset.loader import CTRLoader, make_loader
-from dataset.predict_encode import vocabulary_checksum
+from dataset.predict_encode import recorded_vocabulary_checksum
 from dataset.raw import InputError, sha256_file
 from dataset.resident import DATA_PATHS, ResidentLoader, choose_data_path, make_resident_loader
 from dataset.schema import POOLINGS, Schema
@@ -77,9 +77,11 @@ LossFn = Callable[[Batch, torch.Tensor], torch.Tensor]
 DEFAULT_MODEL = "DeepFM"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
               "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
-# Fused CUDA kernels: Adam, AdamW, SGD. Adagrad's fused kernel is CPU-only (torch 2.11 on an H200 raised at
-# construction), RMSprop has none
-FUSED_ON_CUDA = ("adam", "adamw", "sgd")
+# Fused kernels (one pass over each parameter, its gradient and its state): on CUDA Adam, AdamW, SGD (Adagrad's
+# fused kernel is CPU-only: torch 2.11 on an H200 raised at construction); on the CPU those and Adagrad. RMSprop
+# has none. Measured on one thread, Adam over DeepFM's parameters on bench_train.py's store (1.5M embedding
+# values): 3.8-4.9 ms per step fused, 11.5-12.7 ms foreach (scripts/bench_train.py; README, "Training throughput")
+FUSED = {"cuda": ("adam", "adamw", "sgd"), "cpu": ("adam", "adamw", "adagrad", "sgd")}
 FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "labels", "monitor")  # besides the model and its
 # hyperparameters: they change what the model computes or what best.pt means
 MONITORS = {"auc": "max", "gauc": "max", "logloss": "min", "rmse": "min", "mae": "min"}  # metric -> better when
@@ -514,10 +516,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def optimizer_impl(name: str, device: torch.device) -> dict[str, bool]:
     """How --optimizer ``name`` updates the parameters on ``device``: ``fused=True`` (one kernel for the whole
-    update) on CUDA for the optimizers torch has a fused CUDA kernel for (:data:`FUSED_ON_CUDA`), else
-    ``foreach=True`` (each operation over all parameters at once instead of a Python loop over them: the same
-    arithmetic as the loop, up to float rounding)."""
-    return {"fused": True} if device.type == "cuda" and name in FUSED_ON_CUDA else {"foreach": True}
+    update) for the optimizers torch has a fused kernel for on that device type (:data:`FUSED`), else
+    ``foreach=True`` (each operation over all parameters at once instead of a Python loop over them). Both are
+    the arithmetic of the loop, up to float rounding."""
+    return {"fused": True} if name in FUSED.get(device.type, ()) else {"foreach": True}
 
 
 def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -1188,7 +1190,7 @@ def resolve_config(args: argparse.Namespace, hparams: dict[str, Any], world_size
             "data_path_reason": data_path_reason,
             "store": {"path": str(args.data), "dataset": meta.get("dataset"), "schema": meta["schema"],
                       "splits": meta["splits"], "options": meta.get("options", {}),
-                      "vocab_checksum": vocabulary_checksum(store)}}
+                      "vocab_checksum": recorded_vocabulary_checksum(store)}}
 
 
 def embed_field(fields: Sequence[str], field: str, flag: str) -> int:

@@ -181,7 +181,8 @@ def test_weight_decay_skips_biases_norms_and_embedding_tables(schema: Schema):
 
 
 @pytest.mark.parametrize("name", sorted(train.OPTIMIZERS))
-def test_optimizers_run_foreach_on_cpu_like_the_for_loop_and_keep_it_when_loading_a_state(name: str, schema: Schema):
+def test_optimizers_run_fused_or_foreach_on_cpu_like_the_for_loop_and_keep_it_when_loading_a_state(name: str,
+                                                                                                  schema: Schema):
     args = train.base_parser(False).parse_args(["--optimizer", name, "--lr", "0.01", "--weight_decay", "0.01"])
 
     def trained(make: Callable[[torch.nn.Module], torch.optim.Optimizer]):
@@ -195,11 +196,13 @@ def test_optimizers_run_foreach_on_cpu_like_the_for_loop_and_keep_it_when_loadin
     model, optimizer = trained(lambda m: train.make_optimizer(m, args))
     loop_model, loop_optimizer = trained(lambda m: train.OPTIMIZERS[name](train.param_groups(m, 0.01), lr=0.01,
                                                                           foreach=False))
-    assert optimizer.param_groups[0]["foreach"] is True and not optimizer.param_groups[0].get("fused")
+    impl = "fused" if name in train.FUSED["cpu"] else "foreach"
+    assert optimizer.param_groups[0][impl] is True
+    assert not optimizer.param_groups[0].get({"fused": "foreach", "foreach": "fused"}[impl])
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, loop_model.state_dict()[k], rtol=1e-5, atol=1e-7, msg=k)
     train.load_optimizer_state(optimizer, loop_optimizer.state_dict())  # e.g. a checkpoint of another device
-    assert optimizer.param_groups[0]["foreach"] is True
+    assert optimizer.param_groups[0][impl] is True and not loop_optimizer.param_groups[0].get("fused")
     assert optimizer.state_dict()["state"].keys() == loop_optimizer.state_dict()["state"].keys()
 
 
@@ -551,7 +554,7 @@ def test_cuda_training_steps_never_wait_for_the_device(name: str, schema: Schema
 
     model, optimizer, window, syncs = trained(lambda m: train.make_optimizer(m, args))
     assert syncs == []
-    assert bool(optimizer.param_groups[0].get("fused")) == (name in train.FUSED_ON_CUDA)  # None where unset
+    assert bool(optimizer.param_groups[0].get("fused")) == (name in train.FUSED["cuda"])  # None where unset
     report = window.read(train.Ctx(device=device))
     assert report.steps == 8 and report.bad_step == 0 and math.isfinite(report.loss)
     twin, *_ = trained(lambda m: train.OPTIMIZERS[name](train.param_groups(m, 0.01), lr=1e-3, foreach=True))
