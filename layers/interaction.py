@@ -13,6 +13,7 @@ class FactorizationMachine(nn.Module):
         sum_{i<j} <v_i, v_j> = 1/2 * sum_d [ (sum_i v_{i,d})^2 - sum_i v_{i,d}^2 ]
 
     The embeddings already carry the feature values (``x_i * v_i``), so this is the full pairwise term.
+    Its gradient is written out (:class:`_PairSum`): ``d out_d / d v_{i,d} = sum_j v_{j,d} - v_{i,d}``.
 
     Shape: ``[B, F, D]`` -> ``[B, 1]`` (``reduce_sum=True``) or the bi-interaction vector ``[B, D]``.
     """
@@ -22,11 +23,35 @@ class FactorizationMachine(nn.Module):
         self.reduce_sum = reduce_sum
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        total = emb.sum(dim=1)  # [B, D]
-        square_of_sum = total * total  # x * x, not pow(2): pow's backward kernel is several times slower on CPU
-        sum_of_square = (emb * emb).sum(dim=1)  # [B, D]
-        out = 0.5 * (square_of_sum - sum_of_square)  # [B, D]
+        if torch.is_grad_enabled() and emb.requires_grad and not torch.jit.is_tracing():
+            out = _PairSum.apply(emb)  # [B, D]
+        else:  # the same arithmetic; a traced graph (export) cannot hold a Python autograd function
+            out = _PairSum.value(emb, emb.sum(dim=1))
         return out.sum(dim=1, keepdim=True) if self.reduce_sum else out
+
+
+class _PairSum(torch.autograd.Function):
+    """``1/2 [(sum_i v_i)^2 - sum_i v_i^2]`` per dimension, [B, F, D] -> [B, D], with the closed-form backward
+    ``grad_v_i = g ⊙ (sum_j v_j - v_i)``: one pass over [B, F, D] where autograd's graph of the formula makes
+    several (the squares' products, the broadcast sum, their addition). DeepFM on one thread, batch 4096, 39
+    fields, D = 16: README, "Training throughput"."""
+
+    @staticmethod
+    def value(emb: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """[B, F, D], its sum over fields [B, D] -> [B, D]."""
+        return 0.5 * (total * total - (emb * emb).sum(dim=1))
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, emb: torch.Tensor) -> torch.Tensor:
+        total = emb.sum(dim=1)  # [B, D]
+        ctx.save_for_backward(emb, total)
+        return _PairSum.value(emb, total)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        emb, total = ctx.saved_tensors
+        grad = grad.unsqueeze(1)  # [B, 1, D]
+        return torch.addcmul(total.unsqueeze(1) * grad, emb, grad, value=-1.0)  # g (sum_j v_j) - g v_i: [B, F, D]
 
 
 def pair_indices(num_fields: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,6 +44,19 @@ def test_fm_equals_sum_over_all_pairs():
     torch.testing.assert_close(FactorizationMachine(reduce_sum=True)(emb), pairs.sum(dim=1, keepdim=True))
 
 
+@pytest.mark.parametrize("reduce_sum", [True, False])
+def test_fm_gradient_is_the_gradient_of_the_sum_over_pairs(reduce_sum: bool):
+    """The written-out backward against autograd through the pair loop, float64."""
+    emb = randn(4, 6, 5).requires_grad_()
+    upstream = randn(4, 1 if reduce_sum else 5)
+    (FactorizationMachine(reduce_sum)(emb) * upstream).sum().backward()
+    ours, emb.grad = emb.grad, None
+    pairs = sum(emb[:, i] * emb[:, j] for i, j in itertools.combinations(range(6), 2))  # [B, D]
+    ((pairs.sum(dim=1, keepdim=True) if reduce_sum else pairs) * upstream).sum().backward()
+    torch.testing.assert_close(ours, emb.grad)
+    assert torch.autograd.gradcheck(FactorizationMachine(reduce_sum), (randn(2, 4, 3).requires_grad_(),))
+
+
 def test_pair_indices_are_row_major_i_lt_j_and_products_match():
     rows, cols = pair_indices(4)
     assert list(zip(rows.tolist(), cols.tolist())) == list(itertools.combinations(range(4), 2))
