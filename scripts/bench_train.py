@@ -18,9 +18,12 @@ that load on the machine falls on every contender alike):
    created on demand with torch, numpy and scikit-learn at requirements.txt's pins, deepctr-torch==0.3.0 and
    requests (imported by deepctr_torch.utils but not declared by the package);
 3. ours, resident: as 1 with ``--data_path resident``;
-4. the MLP ceiling: in a fresh process, forward + BCE + backward + Adam (train.make_optimizer: foreach) of
+4. the MLP ceiling: in a fresh process, forward + BCE + backward + Adam (train.make_optimizer, as train.py) of
    DeepFM's MLP alone (input width = DeepFM's DNN input, fields x 16 + dense width) on one fixed random batch:
-   no embedding, no loader. 3 warm-up steps, then 5 windows of ``--log-every`` steps.
+   no embedding, no loader. 3 warm-up steps, then 5 windows of ``--log-every`` steps;
+5. the same MLP ceiling with the gradient of its input: DeepFM must compute it (the embeddings under the MLP
+   train), one more [B, 400] x [400, width] product per step that ceiling 4 (issue #14's definition) leaves
+   out. Both ratios are reported.
 
 Wall seconds: the subprocess from start to exit (interpreter start-up and imports included). Training
 samples/s: median over the windows of ``--log-every`` steps after the first (ours: the train/samples_per_s
@@ -62,7 +65,8 @@ from models.deepfm import DeepFM  # noqa: E402
 EMBED_DIM, HIDDEN, LR, SEED = 16, (400, 400, 400), 1e-3, 2018
 DEEPCTR = "deepctr-torch==0.3.0"
 CEILING_WARMUP, CEILING_WINDOWS = 3, 5
-CONTENDERS = ("ours, chunks", "DeepCTR-Torch", "ours, resident", "MLP ceiling")  # the order of each repeat
+CEILINGS = ("MLP ceiling", "MLP ceiling, input gradient")
+CONTENDERS = ("ours, chunks", "DeepCTR-Torch", "ours, resident", *CEILINGS)  # the order of each repeat
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -114,13 +118,14 @@ def deepctr(npz: Path, result: Path, args: argparse.Namespace) -> dict[str, Any]
     return {"wall_s": wall, **json.loads(result.read_text()), "command": [f"{args.baseline_venv}/bin/python", *argv]}
 
 
-def mlp_ceiling(width: int, batch_size: int, log_every: int) -> dict[str, Any]:
-    """[runs in a fresh process] samples/s of DeepFM's MLP alone: forward, BCE, backward, Adam step."""
+def mlp_ceiling(width: int, batch_size: int, log_every: int, input_grad: bool = False) -> dict[str, Any]:
+    """[runs in a fresh process] samples/s of DeepFM's MLP alone: forward, BCE, backward (``input_grad``: down to
+    its input too, as in DeepFM), Adam step."""
     torch.manual_seed(SEED)
     mlp = MLP(width, HIDDEN, output_dim=1)
     opts = argparse.Namespace(optimizer="adam", lr=LR, weight_decay=0.0)
     optimizer = train.make_optimizer(mlp, opts)
-    x, y = torch.randn(batch_size, width), (torch.rand(batch_size, 1) < 0.25).float()
+    x, y = torch.randn(batch_size, width, requires_grad=input_grad), (torch.rand(batch_size, 1) < 0.25).float()
 
     def step() -> None:
         loss = F.binary_cross_entropy_with_logits(mlp(x), y)
@@ -245,7 +250,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     else:
                         out = deepctr(work / "deepctr.npz", work / f"deepctr{r}.json", args)
                 else:
-                    out = in_fresh_process(mlp_ceiling, width, args.batch_size, args.log_every)
+                    out = in_fresh_process(mlp_ceiling, width, args.batch_size, args.log_every, name != CEILINGS[0])
             except Exception as e:  # reported in the table; the other contenders still run
                 out = {"error": f"{type(e).__name__}: {e}"}
             runs[name].append(out)
@@ -274,10 +279,10 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     def ratio(a: str, b: str, key: str) -> float | None:
         x, y = summary[a].get(key), summary[b].get(key)
         return x / y if x and y else None
-    return {"DeepCTR-Torch wall / ours wall, chunks": ratio("DeepCTR-Torch", "ours, chunks", "wall_s"),
-            "DeepCTR-Torch wall / ours wall, resident": ratio("DeepCTR-Torch", "ours, resident", "wall_s"),
-            "ours samples/s / MLP ceiling, chunks": ratio("ours, chunks", "MLP ceiling", "samples_per_s"),
-            "ours samples/s / MLP ceiling, resident": ratio("ours, resident", "MLP ceiling", "samples_per_s")}
+    paths = ("chunks", "resident")
+    return {**{f"DeepCTR-Torch wall / ours wall, {p}": ratio("DeepCTR-Torch", f"ours, {p}", "wall_s") for p in paths},
+            **{f"ours samples/s / {c}, {p}": ratio(f"ours, {p}", c, "samples_per_s")
+               for c in CEILINGS if c in summary for p in paths}}
 
 
 def render(results: dict[str, Any]) -> str:
@@ -289,7 +294,7 @@ def render(results: dict[str, Any]) -> str:
             rows.append([name, "", s["error"] if s["error"].startswith("skipped") else f"failed: {s['error']}", "", ""])
             continue
         threads = results["train_py_torch_threads"] if name.startswith("ours") else s["torch_threads"]
-        wall = "n/a (fixed steps)" if name == "MLP ceiling" else num(s["wall_s"], ".1f")
+        wall = "n/a (fixed steps)" if name in CEILINGS else num(s["wall_s"], ".1f")
         rows.append([name, threads, wall, num(s["samples_per_s"], ",.0f"), num(s["test_auc"], ".4f")])
     setup = results["setup"]
     conversion = (f"; store -> .npz for DeepCTR-Torch {setup['npz_s']:.2f} s (in no wall time)"
@@ -302,7 +307,7 @@ def render(results: dict[str, Any]) -> str:
         f"valid + test; samples/s is the median of the {results['log_every']}-step windows after the first; "
         f"medians over {results['repeat']} repeat(s). Setup: generating {setup['generate_s']:.1f} s, "
         f"preprocessing {setup['preprocess_s']:.1f} s{conversion}. MLP ceiling: input width "
-        f"{results['dnn_input_width']}, no embedding, no loader.",
+        f"{results['dnn_input_width']}, no embedding, no loader; with or without the gradient of its input.",
         markdown_table(["contender", "torch threads", "wall s (whole run)", "training samples/s", "test AUC"], rows),
         markdown_table(["ratio", "value"], [[k, num(v, ".2f")] for k, v in results["ratios"].items()]),
     ]) + "\n"

@@ -29,10 +29,13 @@ def test_summary_takes_medians_over_repeats_and_ratios_skip_what_failed():
     summary = {"ours, chunks": {"wall_s": 10.0, "samples_per_s": 90.0},
                "ours, resident": {"wall_s": 8.0, "samples_per_s": 95.0},
                "DeepCTR-Torch": {"error": "skipped (--skip-baseline)"},
-               "MLP ceiling": {"wall_s": None, "samples_per_s": 100.0}}
+               "MLP ceiling": {"wall_s": None, "samples_per_s": 100.0},
+               "MLP ceiling, input gradient": {"error": "RuntimeError: boom"}}
     assert bench_train.ratios(summary) == {
         "DeepCTR-Torch wall / ours wall, chunks": None, "DeepCTR-Torch wall / ours wall, resident": None,
-        "ours samples/s / MLP ceiling, chunks": 0.9, "ours samples/s / MLP ceiling, resident": 0.95}
+        "ours samples/s / MLP ceiling, chunks": 0.9, "ours samples/s / MLP ceiling, resident": 0.95,
+        "ours samples/s / MLP ceiling, input gradient, chunks": None,
+        "ours samples/s / MLP ceiling, input gradient, resident": None}
 
 
 def _ratio(text: str, name: str) -> str:
@@ -44,7 +47,7 @@ def test_a_tiny_run_without_the_baseline(tmp_path: Path, capsys: pytest.CaptureF
     """Our two data paths and the ceiling on 20,000 rows (about 40 s here: three fresh processes)."""
     assert bench_train.main(["--rows", "20000", "--skip-baseline", "--json", str(tmp_path / "r.json")]) == 0
     text = capsys.readouterr().out
-    for name in ("ours, chunks", "ours, resident", "MLP ceiling"):
+    for name in ("ours, chunks", "ours, resident", *bench_train.CEILINGS):
         row = re.search(rf"^\| {name} \| (\d+) \| (.*?) \| ([\d,]+) \| (.*?) \|$", text, re.M)
         assert row, f"no row for {name} in:\n{text}"
         assert int(row.group(3).replace(",", "")) > 0
@@ -52,7 +55,8 @@ def test_a_tiny_run_without_the_baseline(tmp_path: Path, capsys: pytest.CaptureF
             assert float(row.group(2)) > 0 and 0.4 < float(row.group(4)) < 1
     assert "| DeepCTR-Torch |  | skipped (--skip-baseline) |  |  |" in text
     for path in ("chunks", "resident"):
-        assert float(_ratio(text, f"ours samples/s / MLP ceiling, {path}")) > 0
+        for ceiling in bench_train.CEILINGS:
+            assert float(_ratio(text, f"ours samples/s / {ceiling}, {path}")) > 0
         assert _ratio(text, f"DeepCTR-Torch wall / ours wall, {path}") == "n/a"
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["dnn_input_width"] == 39 * 16 and 15_000 < results["train_rows"] < 17_000  # 8:1:1
