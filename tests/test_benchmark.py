@@ -201,6 +201,7 @@ def test_bench_features_frappe_models_all_leaves_out_multitask_and_sequence_mode
 def test_bench_ab_child_times_a_model_and_the_parent_needs_a_checkout(tmp_path, capsys):
     import bench_ab
     assert bench_ab.child("FM", batch_size=64, vocab=10, steps=1)["samples_per_s"] > 0
+    assert bench_ab.child("FM", batch_size=64, vocab=10, steps=1, optimizer_impl="train")["samples_per_s"] > 0
     with pytest.raises(SystemExit):
         bench_ab.parse_args(["--before", str(tmp_path), "--models", "FM"])  # not a checkout of this repo
     assert "--before must name a checkout" in capsys.readouterr().err
