@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_batch
 from dataset.schema import Schema
-from layers.embedding import FeatureEmbedding, field_offsets
+from layers.embedding import FeatureEmbedding, RowTable, field_offsets
 
 
 def test_offsets():
@@ -22,6 +22,25 @@ def test_one_table_lookup_matches_per_field_rows(schema):
     for f, v in enumerate(schema.vocab_sizes):
         torch.testing.assert_close(out[:, f], emb.table.weight[start + batch["sparse"][:, f]])
         start += v
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 3), (2, 4, 6)])
+def test_row_table_rows_and_gradient_are_nn_embeddings(shape: tuple[int, ...]):
+    """index_select on the CPU: the same rows, and the same gradient (repeated ids summed), in float64."""
+    torch.manual_seed(0)
+    ours = RowTable(10, 4).double()
+    theirs = torch.nn.Embedding(10, 4).double()
+    theirs.load_state_dict(ours.state_dict())
+    ids = torch.randint(0, 10, shape)
+    ids.view(-1)[:2] = 3  # a repeated id
+    upstream = torch.randn(*shape, 4, dtype=torch.float64)
+    for table in (ours, theirs):
+        (table(ids) * upstream).sum().backward()
+    torch.testing.assert_close(ours(ids), theirs(ids), rtol=0, atol=0)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+    assert list(ours.state_dict()) == ["weight"] and isinstance(ours, torch.nn.Embedding)
+    with pytest.raises(IndexError):
+        ours(torch.tensor([10]))
 
 
 def test_linear_term_brute_force(schema):
