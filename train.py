@@ -79,8 +79,8 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": t
               "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
 # Fused kernels (one pass over each parameter, its gradient and its state): on CUDA Adam, AdamW, SGD (Adagrad's
 # fused kernel is CPU-only: torch 2.11 on an H200 raised at construction); on the CPU those and Adagrad. RMSprop
-# has none. Measured on one thread, Adam over DeepFM's parameters on bench_train.py's store (1.5M embedding
-# values): 3.8-4.9 ms per step fused, 11.5-12.7 ms foreach (scripts/bench_train.py; README, "Training throughput")
+# has none. Measured on one thread, one Adam step over DeepFM's parameters on bench_train.py's store (1.5M
+# embedding values): 3.8-4.9 ms fused, 11.5-12.7 ms foreach (README, "Training throughput", for the whole step)
 FUSED = {"cuda": ("adam", "adamw", "sgd"), "cpu": ("adam", "adamw", "adagrad", "sgd")}
 FIXED_ON_RESUME = ("batch_size", "seed", "seq_pooling", "drop_fields", "labels", "monitor")  # besides the model and its
 # hyperparameters: they change what the model computes or what best.pt means

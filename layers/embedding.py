@@ -20,9 +20,10 @@ def field_offsets(vocab_sizes: Sequence[int]) -> torch.Tensor:
 class RowTable(nn.Embedding):
     """``nn.Embedding`` whose lookup on the CPU is ``index_select``: the same rows forward, and a backward that
     sums the rows' gradients into a zeroed [V, D] with ``index_add_``, in index order, where
-    ``embedding_dense_backward`` scans every index once per block of rows. On one thread, a DeepFM batch
-    (4,096 x 39 ids, 87k rows) took 3.2 ms instead of 21 ms for the first-order table (D = 1) and 39 instead
-    of 62 ms for D = 16 (``scripts/bench_train.py``'s store; README, "Training throughput"). On CUDA it is
+    ``embedding_dense_backward`` scans every index once per block of rows. On one thread, the lookup and
+    backward of a DeepFM batch (4,096 x 39 ids, a table of 87k rows, like bench_train.py's store) took 3.2 ms
+    instead of 21 ms for the first-order table (D = 1) and 39 instead of 62 ms for D = 16 (README, "Training
+    throughput", for the whole step). On CUDA it is
     ``nn.Embedding``'s own lookup: its sort-based backward is deterministic where ``index_add_``'s atomic
     adds are not. Parameters, state dict and ``isinstance(m, nn.Embedding)`` are ``nn.Embedding``'s.
 
