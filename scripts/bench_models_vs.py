@@ -2,22 +2,22 @@
 
     OMP_NUM_THREADS=1 python scripts/bench_models_vs.py [--models M1,M2|all] [--batch 4096] [--steps 2]
                                                         [--warmup 1] [--repeat 1] [--json PATH] [--quick]
-                                                        [--baseline-venv /tmp/deepctr-venv]
+                                                        [--baseline-venv /tmp/deepctr-venv] [--overwrite]
+    OMP_NUM_THREADS=1 python scripts/bench_models_vs.py --profile --models M1,M2   (where ours spends a step)
 
-What is timed: forward + BCE + backward + Adam (lr 1e-3) steps on one thread (``torch.set_num_threads(1)`` on
-both sides), ``--warmup`` untimed steps then ``--steps`` timed ones, on ONE random batch that both sides read
-from the same .npz: ``--batch`` rows of 39 sparse fields (no dense features: several DeepCTR-Torch models
-take none, so neither side gets any) with vocabularies of 2,239 ids each, 87,321 table rows in all, the size
-of the benchmark store's table (87,330 over 39 fields), ids uniform, labels Bernoulli(0.25). CCPM alone uses
-the batch's first 256 rows (CCPM_ROWS): at its BARS sizes it runs ~30 samples/s on one thread on either side.
-Every measurement is a fresh process: ours through the registry as scripts/benchmark.py's speed section does (``models.build_model`` then
-benchmark.time_train_steps, i.e. train.py's ``train_step`` and optimizer: Adam with foreach kernels);
-theirs is scripts/bench_models_vs_deepctr.py in the DeepCTR-Torch 0.3.0 venv (bench_train.py's
-``baseline_venv`` creates it on demand), which times the body of DeepCTR-Torch's own ``fit`` loop and
-``compile("adam")``'s optimizer (torch's default Adam: a for-loop over parameters on CPU). Per model and
-repeat: ours, then theirs, so load on the shared machine falls on both alike; the table gives medians over
-``--repeat`` and ours / theirs. A model is flagged when ours runs at under half the baseline's samples/s
-(the issue's "more than 2x slower per sample").
+What is timed: forward + BCE + backward + Adam (lr 1e-3) steps on one thread (``torch.set_num_threads(1)`` on both
+sides), ``--warmup`` untimed steps then ``--steps`` timed ones, on ONE random batch that both sides read from the
+same .npz: ``--batch`` rows of 39 sparse fields (no dense features: several DeepCTR-Torch models take none, so
+neither side gets any) with vocabularies of 2,239 ids each, 87,321 table rows in all, the size of the benchmark
+store's table (87,330 over 39 fields), ids uniform, labels Bernoulli(0.25). CCPM alone uses the batch's first 256
+rows (CCPM_ROWS): at its BARS sizes it runs ~30 samples/s on one thread on either side. Every measurement is a fresh
+process: ours through the registry as scripts/benchmark.py's speed section does (``models.build_model`` then
+benchmark.time_train_steps, i.e. train.py's ``train_step`` and optimizer: Adam with foreach kernels); theirs is
+scripts/bench_models_vs_deepctr.py in the DeepCTR-Torch 0.3.0 venv (bench_train.py's ``baseline_venv`` creates it on
+demand), which times the body of DeepCTR-Torch's own ``fit`` loop and ``compile("adam")``'s optimizer (torch's
+default Adam: a for-loop over parameters on CPU). Per model and repeat: ours, then theirs, so load on the shared
+machine falls on both alike; the table gives medians over ``--repeat`` and ours / theirs. A model is flagged when
+ours runs at under half the baseline's samples/s (the issue's "more than 2x slower per sample").
 
 Equal sizes (``PAIRS``, one entry per model both libraries have): embedding 16, the same hidden units, layers,
 heads, cross layers, CIN sizes and so on; dropout 0 and batch norm off on both sides; no L2 term (DeepCTR-Torch's
@@ -27,14 +27,15 @@ repo's defaults (the BARS sizes) where DeepCTR-Torch can take them. Differences 
 * DeepCTR-Torch adds a first-order (linear) term to every model but PNN and MLR; ours CCPM, DCN, DCNv2, ONN
   and AFN have none (39 lookups of width 1 per row: little work).
 * CCPM: DeepCTR-Torch requires a DNN after the convolutions (``dnn_hidden_units`` cannot be empty); it gets
-  one ReLU unit, ours has the output layer alone. Ours has tanh after each convolution, as the paper; DeepCTR-
-  Torch's ConvLayer has tanh too.
+  one ReLU unit, ours has the output layer alone (both put tanh after each convolution).
 * AutoInt: DeepCTR-Torch's attention width is the embedding width (16, split over the heads), so ours runs at
   ``attention_dim=16`` here, not its BARS 64; ours gets ``use_wide`` for DeepCTR-Torch's linear term.
 * DCNv2 is DeepCTR-Torch's DCNMix: the low-rank mixture (rank 32, 4 experts), not ours default full rank.
-* AFN: DeepCTR-Torch's logarithmic layer always batch-normalizes (two BatchNorm1d); ours runs with
-  ``batch_norm=False`` (its MLP and logarithmic layer), the nearest it gets.
+* AFN: the logarithmic layer batch-normalizes on both sides, always (two BatchNorm1d: no option turns them off in
+  either library); ``batch_norm=False`` switches off our MLP's, and DeepCTR-Torch's AFN MLP has none.
 * DIFM: DeepCTR-Torch's attention always scales; ours ``use_scale=True`` (its default) matches.
+* Our shared embedding always holds the first-order column (1 of each row's 17 values), also in models that
+  do not read it (PNN, DCN, DCNv2, ONN, AFN, CCPM): Adam updates it, zero-gradient, every step.
 * Adam: ours uses foreach kernels (train.py's optimizer), DeepCTR-Torch torch's default (a loop on CPU).
 * FNN is not in DeepCTR-Torch 0.3.0 (the Keras DeepCTR has it).
 
@@ -263,7 +264,8 @@ def deepctr(venv: Path, npz: Path, pair: Pair, warmup: int, steps: int) -> dict[
             "--embed-dim", str(EMBED_DIM), "--warmup", str(warmup), "--steps", str(steps)]
     if pair.rows is not None:
         argv += ["--rows", str(pair.rows)]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"{CHILD.name} {pair.deepctr} exited with {done.returncode}: {tail}")
@@ -286,7 +288,8 @@ def profile_ours(npz: str, name: str, hparams: dict[str, Any], rows: int | None,
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     outside = "time outside the ops (ProfilerStep's self time: Python, dispatch)"
-    return [[outside if e.key.startswith("ProfilerStep") else e.key, f"{e.self_cpu_time_total / 1000:,.0f}", f"{100 * e.self_cpu_time_total / total:.1f}%",
+    return [[outside if e.key.startswith("ProfilerStep") else e.key, f"{e.self_cpu_time_total / 1000:,.0f}",
+             f"{100 * e.self_cpu_time_total / total:.1f}%",
              str(e.count)] for e in events[:top]]
 
 
