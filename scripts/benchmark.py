@@ -198,6 +198,19 @@ def measure_training(store_path: str, model_name: str, device_name: str, batch_s
         schema = dataclasses.replace(schema, labels=(schema.labels[0], f"{schema.labels[0]}_copy"))
     batches = _cached_batches(store, batch_size, schema.num_tasks, device)
     model = models.build_model(model_name, schema).to(device)
+    seconds = time_train_steps(model, batches, device, warmup, steps)
+    out = {"samples_per_s": steps * batch_size / seconds, "ms_per_step": 1000 * seconds / steps,
+           "params": sum(p.numel() for p in model.parameters()), "peak_rss_mib": peak_rss_mib()}
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def time_train_steps(model: torch.nn.Module, batches: Sequence[train.Batch], device: torch.device, warmup: int,
+                     steps: int) -> float:
+    """Seconds of ``steps`` calls of train.py's ``train_step`` (forward, BCE, backward, Adam lr 1e-3 as
+    train.py makes it, no weight decay or embedding L2) after ``warmup`` untimed ones, cycling through
+    ``batches``; on CUDA it waits for the device at both ends."""
     opts = argparse.Namespace(optimizer="adam", lr=1e-3, weight_decay=0.0, task_weights=None, embed_l2=0.0)
     optimizer, loss_fn = train.make_optimizer(model, opts), train.make_loss_fn(model, opts)
     ctx = train.Ctx(device=device)
@@ -208,12 +221,7 @@ def measure_training(store_path: str, model_name: str, device_name: str, batch_s
             start = time.perf_counter()
         train.train_step(model, batches[i % len(batches)], optimizer, loss_fn, ctx)
     wait()
-    seconds = time.perf_counter() - start
-    out = {"samples_per_s": steps * batch_size / seconds, "ms_per_step": 1000 * seconds / steps,
-           "params": sum(p.numel() for p in model.parameters()), "peak_rss_mib": peak_rss_mib()}
-    if device.type == "cuda":
-        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
+    return time.perf_counter() - start
 
 
 def peak_rss_mib() -> float:
