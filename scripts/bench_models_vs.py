@@ -70,7 +70,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import models  # noqa: E402
-from benchmark import in_fresh_process, machine_info, machine_line, markdown_table, time_train_steps  # noqa: E402
+from benchmark import (in_fresh_process, machine_info, machine_line, markdown_table, settle_args,  # noqa: E402
+                       time_train_steps)
 from bench_train import baseline_venv  # noqa: E402
 from dataset.schema import Schema  # noqa: E402
 
@@ -191,21 +192,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     defaults = {"batch": 256, "steps": 1, "models": ",".join(QUICK_MODELS)} if args.quick else \
         {"batch": 4096, "steps": 2, "models": "all"}
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    for flag in ("batch", "steps", "repeat"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.json is not None and args.json.exists() and not args.overwrite:
         p.error(f"--json {args.json} exists; pass --overwrite to replace it or name another file")
-    try:
-        args.models = select(args.models)
-    except ValueError as e:
-        p.error(f"--models: {e}")
-    return args
+    return settle_args(p, args, defaults, ("batch", "steps", "repeat"), select)
 
 
 def select(spec: str) -> list[str]:

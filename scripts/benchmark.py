@@ -45,7 +45,7 @@ import time
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the repo, and bench_data's own imports
@@ -104,16 +104,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = {"rows": 50_000, "seeds": 1, "steps": 3, "models": ",".join(QUICK_MODELS)}
     full = {"rows": 1_000_000, "seeds": 3, "steps": 10, "models": "all"}
-    for k, v in (quick if args.quick else full).items():
+    return settle_args(p, args, quick if args.quick else full, ("rows", "seeds", "batch_size", "steps"),
+                       select_models)
+
+
+def settle_args(p: argparse.ArgumentParser, args: argparse.Namespace, defaults: dict[str, Any],
+                positive: Sequence[str], select: Callable[[str], list[str]]) -> argparse.Namespace:
+    """A benchmark's parsed flags, settled: each flag left None takes its value from ``defaults`` (the --quick or
+    the full set), the ``positive`` counts must be >= 1 and --warmup >= 0, and --models goes through ``select``
+    (its ValueError is the parser's error)."""
+    for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    for flag in ("rows", "seeds", "batch_size", "steps"):
+    for flag in positive:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
     try:
-        args.models = select_models(args.models)
+        args.models = select(args.models)
     except ValueError as e:
         p.error(f"--models: {e}")
     return args
