@@ -12,7 +12,7 @@ neither side gets any) with vocabularies of 2,239 ids each, 87,321 table rows in
 store's table (87,330 over 39 fields), ids uniform, labels Bernoulli(0.25). CCPM alone uses the batch's first 256
 rows (CCPM_ROWS): at its BARS sizes it runs ~30 samples/s on one thread on either side. Every measurement is a fresh
 process: ours through the registry as scripts/benchmark.py's speed section does (``models.build_model`` then
-benchmark.time_train_steps, i.e. train.py's ``train_step`` and optimizer: Adam with foreach kernels); theirs is
+benchmark.time_train_steps, i.e. train.py's ``train_step`` and optimizer: Adam, fused on the CPU); theirs is
 scripts/bench_models_vs_deepctr.py in the DeepCTR-Torch 0.3.0 venv (bench_train.py's ``baseline_venv`` creates it on
 demand), which times the body of DeepCTR-Torch's own ``fit`` loop and ``compile("adam")``'s optimizer (torch's
 default Adam: a for-loop over parameters on CPU). Per model and repeat: ours, then theirs, so load on the shared
@@ -36,7 +36,8 @@ repo's defaults (the BARS sizes) where DeepCTR-Torch can take them. Differences 
 * DIFM: DeepCTR-Torch's attention always scales; ours ``use_scale=True`` (its default) matches.
 * Our shared embedding always holds the first-order column (1 of each row's 17 values), also in models that
   do not read it (PNN, DCN, DCNv2, ONN, AFN, CCPM): Adam updates it, zero-gradient, every step.
-* Adam: ours uses foreach kernels (train.py's optimizer), DeepCTR-Torch torch's default (a loop on CPU).
+* Adam: ours is train.py's (fused kernels on the CPU; foreach before 2026-12-01), DeepCTR-Torch's torch's
+  default (a loop on CPU).
 * FNN is not in DeepCTR-Torch 0.3.0 (the Keras DeepCTR has it).
 
 FuxiCTR: no model of this list runs from the package registry (checked 2026-12-01 on fuxictr 2.0.0, 2.1.3,
