@@ -45,7 +45,11 @@ class PairwiseProduct(nn.Module):
     """Element-wise products of every field pair: ``p_{ij} = v_i ⊙ v_j`` for ``i < j``.
 
     The pair indices are computed once and kept as (non-persistent) buffers, so they follow
-    ``.to(device)`` and cost nothing per batch.
+    ``.to(device)`` and cost nothing per batch. The products themselves are formed by left field: the pairs
+    ``(i, i+1) .. (i, F-1)`` are a contiguous block of the pair order, ``v_i ⊙ [v_{i+1} .. v_{F-1}]``, one
+    broadcast product of two slices. Gathering ``emb[:, rows] * emb[:, cols]`` instead made two [B, P, D]
+    copies whose indexing backward (a serial scatter-add) took ~1.6x as long forward + backward on CPU
+    (Criteo's 39 fields, batch 4096; measured in the README's "Pair layers, before and after").
 
     Shape: ``[B, F, D]`` -> ``[B, P, D]`` with ``P = F(F-1)/2``, pairs in :func:`pair_indices` order.
 
@@ -66,7 +70,36 @@ class PairwiseProduct(nn.Module):
         return self.rows.numel()
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return emb[:, self.rows] * emb[:, self.cols]  # [B, P, D]
+        return left_blocks_product(emb[:, :-1], emb)  # [B, P, D]
+
+
+def left_blocks_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left[:, i] ⊙ right[:, j]`` for every pair ``i < j``, in :func:`pair_indices` order: one broadcast
+    product per left field ``i`` with the slice ``right[:, i+1:]``, concatenated.
+
+    Shapes: ``left`` ``[B, F-1 | F, D]`` (a last row is never used), ``right`` ``[B, F, D]`` -> ``[B, P, D]``.
+    """
+    num_fields = right.shape[1]
+    return torch.cat([left[:, i:i + 1] * right[:, i + 1:] for i in range(num_fields - 1)], dim=1)
+
+
+def pair_matrix_left(emb: torch.Tensor, weight: torch.Tensor) -> list[torch.Tensor]:
+    """``v_i W_ij`` for every pair ``i < j``, one block per left field ``i``: ``[B, F-1-i, D]`` for
+    ``j = i+1 .. F-1``.
+
+    ``weight`` ``[P, D, D']`` holds one matrix per pair in :func:`pair_indices` order, so the block of field
+    ``i`` is one ``[B, D] @ [D, n*D']`` matmul (``n = F-1-i``) rather than a gathered [B, P, D] copy of the
+    left members and a batched matmul over it. Shape: ``[B, F, D]`` -> ``F-1`` tensors ``[B, F-1-i, D']``.
+    """
+    batch, num_fields, dim = emb.shape
+    out_dim = weight.shape[-1]
+    blocks, start = [], 0
+    for i in range(num_fields - 1):
+        n = num_fields - 1 - i
+        matrix = weight[start:start + n].permute(1, 0, 2).reshape(dim, n * out_dim)  # [D, n*D']
+        blocks.append((emb[:, i] @ matrix).view(batch, n, out_dim))  # [B, n, D']
+        start += n
+    return blocks
 
 
 class AttentionalPooling(nn.Module):
