@@ -181,14 +181,21 @@ class CIN(nn.Module):
         self.output_dim = sum(self.direct_sizes)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        batch, _, dim = x0.shape
-        hidden, pooled = x0, []
+        """Each embedding dimension ``d`` of each sample is one row: ``z^k`` of that row is the outer product
+        ``x^{k-1}_{*,d} x^0_{*,d}^T`` (a [B*D] batch of [H_{k-1}, 1] @ [1, m] products), and the 1x1 convolution
+        is one [B*D, H_{k-1}*m] @ [H_{k-1}*m, H_k] matmul with the conv's weight. The same sums as an einsum to
+        [B, H_{k-1}, m, D] and ``Conv1d``, whose backward on CPU took ~2.5x as long (xDeepFM's 64-64-64 at 39
+        fields, batch 4096); the broadcast outer product's backward also reduces by batched matmuls."""
+        batch, num_fields, dim = x0.shape
+        rows = x0.transpose(1, 2).reshape(batch * dim, num_fields)  # x^0 per (sample, dim): [B*D, m]
+        x0_row, hidden, pooled = rows.unsqueeze(1), rows.unsqueeze(2), []  # [B*D, 1, m], [B*D, H_0, 1]
         for conv, direct in zip(self.convs, self.direct_sizes):
-            z = torch.einsum("bhd,bmd->bhmd", hidden, x0).reshape(batch, -1, dim)  # [B, H_{k-1} * m, D]
-            x = conv(z)  # [B, H_k, D]
+            z = torch.bmm(hidden, x0_row).flatten(1)  # z^k: [B*D, H_{k-1} * m], column h * m + j
+            x = nn.functional.linear(z, conv.weight[:, :, 0])  # [B*D, H_k]
             if direct < x.shape[1]:  # split_half: first half feeds the next layer, second half the output
                 hidden, x = torch.split(x, [x.shape[1] - direct, direct], dim=1)
             else:
                 hidden = x
-            pooled.append(x.sum(dim=2))  # [B, direct]
+            hidden = hidden.unsqueeze(2)  # [B*D, H_k', 1]
+            pooled.append(x.reshape(batch, dim, -1).sum(dim=1))  # sum over d: [B, direct]
         return torch.cat(pooled, dim=1)  # [B, output_dim]
