@@ -35,9 +35,15 @@ class LogarithmicTransform(nn.Module):
         self.exp_norm = nn.BatchNorm1d(num_neurons) if batch_norm else nn.Identity()
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """The neurons come out of the matmul as [B, D, N]; ``exp`` and the per-neuron batch norm run on that
+        contiguous layout seen as ``[B*D, N]`` rows, which has the statistics of ``BatchNorm1d`` over
+        ``[B, N, D]`` (mean and variance over B and D per neuron) at a fraction of the cost: on the transposed
+        view, batch norm's CPU forward + backward took ~10x as long (AFN's 1200 neurons, batch 4096)."""
+        batch, _, dim = emb.shape
         log_emb = self.log_norm(emb.abs().clamp(min=self.eps).log())  # ln|e|: [B, F, D]
-        mixed = self.weight(log_emb.transpose(1, 2)).transpose(1, 2)  # sum_i w_ji ln|e_i|: [B, N, D]
-        return self.exp_norm(mixed.exp())  # [B, N, D]
+        mixed = self.weight(log_emb.transpose(1, 2))  # sum_i w_ji ln|e_i|: [B, D, N]
+        crosses = self.exp_norm(mixed.exp().reshape(batch * dim, -1))  # [B*D, N]
+        return crosses.view(batch, dim, -1).transpose(1, 2).contiguous()  # [B, N, D]
 
 
 def euler_order_init(in_vectors: int, out_vectors: int) -> torch.Tensor:

@@ -3,14 +3,16 @@ FiBiNET's bilinear interaction, and the SENET field re-weighting.
 
 The pairwise layers extend :class:`layers.interaction.PairwiseProduct`: pairs are all ``i < j`` in its
 row-major order ``(0,1), (0,2), ..., (F-2,F-1)`` (index buffers ``rows`` / ``cols`` [P]), and
-``P = F * (F - 1) / 2`` is their number.
+``P = F * (F - 1) / 2`` is their number. The pairs of one left field ``i`` are a contiguous block of that
+order, so the layers form them per left field (slices and one matmul per field) instead of gathering
+``[B, P, D]`` copies by ``rows`` / ``cols``, whose indexing backward is a serial scatter-add on CPU.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from layers.interaction import PairwiseProduct
+from layers.interaction import PairwiseProduct, left_blocks_product, pair_matrix_left
 
 KERNEL_TYPES = ("mat", "vec", "num")
 BILINEAR_TYPES = ("field_all", "field_each", "field_interaction")
@@ -79,11 +81,10 @@ class OuterProduct(PairwiseProduct):
             self.kernel = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.num_pairs, width)))  # [P, D|1]
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        left, right = emb[:, self.rows], emb[:, self.cols]  # [B, P, D] each
-        if self.kernel_type == "mat":
-            left = torch.einsum("bpd,pde->bpe", left, self.kernel)  # f_i^T K_ij: [B, P, D]
-            return (left * right).sum(dim=-1)
-        return (left * right * self.kernel).sum(dim=-1)  # vec: [P, D]; num: [P, 1] broadcasts
+        if self.kernel_type == "mat":  # f_i^T K_ij per left field i, then the dot with f_j: [B, n] blocks
+            blocks = pair_matrix_left(emb, self.kernel)
+            return torch.cat([(left * emb[:, i + 1:]).sum(dim=-1) for i, left in enumerate(blocks)], dim=1)
+        return (super().forward(emb) * self.kernel).sum(dim=-1)  # vec: [P, D]; num: [P, 1] broadcasts
 
 
 class BilinearInteraction(PairwiseProduct):
@@ -109,15 +110,14 @@ class BilinearInteraction(PairwiseProduct):
         self.weight = xavier_normal_stack(count, embed_dim, embed_dim)  # [1 | F-1 | P, D, D]
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        left, right = emb[:, self.rows], emb[:, self.cols]  # [B, P, D] each
+        if self.bilinear_type == "field_interaction":  # v_i W_ij, one matmul per left field i: [B, n, D] blocks
+            blocks = pair_matrix_left(emb, self.weight)
+            return torch.cat([left * emb[:, i + 1:] for i, left in enumerate(blocks)], dim=1)  # [B, P, D]
         if self.bilinear_type == "field_all":
-            left = left @ self.weight[0]  # [B, P, D]
-        elif self.bilinear_type == "field_each":
-            projected = torch.einsum("bfd,fde->bfe", emb[:, :-1], self.weight)  # v_i W_i: [B, F-1, D]
-            left = projected[:, self.rows]  # [B, P, D]
+            projected = emb[:, :-1] @ self.weight[0]  # v_i W: [B, F-1, D]
         else:
-            left = torch.einsum("bpd,pde->bpe", left, self.weight)  # v_i W_ij: [B, P, D]
-        return left * right
+            projected = torch.einsum("bfd,fde->bfe", emb[:, :-1], self.weight)  # v_i W_i: [B, F-1, D]
+        return left_blocks_product(projected, emb)  # [B, P, D]
 
 
 class SENET(nn.Module):

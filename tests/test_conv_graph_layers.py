@@ -4,6 +4,7 @@ one-line ValueErrors."""
 from __future__ import annotations
 
 import cmath
+import copy
 import itertools
 import math
 
@@ -69,6 +70,28 @@ def test_logarithmic_neurons_batch_norm_after_log_and_after_exp(emb: torch.Tenso
         s = sum(layer.weight.weight[j, i].item() * bn(math.log(abs(emb[b, i, d].item())), log_bn, i)
                 for i in range(NUM_FIELDS))
         assert_close(out[b, j, d].item(), bn(math.exp(s), exp_bn, j), rtol=1e-9, atol=1e-12)
+
+
+def test_logarithmic_neurons_in_training_equal_batch_norm_over_b_n_d_at_criteo_width() -> None:
+    """The layer batch-normalizes its neurons as [B*D, N] rows (a fast CPU layout); in training mode, in float64
+    at 39 fields, output, running statistics and gradients must equal BatchNorm1d over [B, N, D], the old code."""
+    fields, neurons, gen = 39, 7, torch.Generator().manual_seed(3)
+    layer = LogarithmicTransform(fields, neurons, batch_norm=True).double().train()
+    with torch.no_grad():
+        layer.weight.weight.normal_(0, 0.1, generator=gen)
+    reference = copy.deepcopy(layer)
+    emb = torch.randn(5, fields, DIM, dtype=torch.float64, generator=gen, requires_grad=True)
+    out = layer(emb)
+    log_emb = reference.log_norm(emb.abs().clamp(min=reference.eps).log())
+    expected = reference.exp_norm(reference.weight(log_emb.transpose(1, 2)).transpose(1, 2).exp())  # [B, N, D]
+    assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for name in ("running_mean", "running_var"):
+        assert_close(getattr(layer.exp_norm, name), getattr(reference.exp_norm, name), rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    got = torch.autograd.grad(out, [emb, *layer.parameters()], grad_out)
+    want = torch.autograd.grad(expected, [emb, *reference.parameters()], grad_out)
+    for g, w in zip(got, want):
+        assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 def test_logarithmic_neurons_reject_bad_sizes() -> None:
