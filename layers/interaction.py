@@ -127,6 +127,16 @@ def pair_matrix_left(emb: torch.Tensor, weight: torch.Tensor) -> list[torch.Tens
     return blocks
 
 
+def bilinear_pairs(emb: torch.Tensor, weight: torch.Tensor, reduce: bool = False) -> torch.Tensor:
+    """``(v_i W_ij) ⊙ v_j`` for every pair ``i < j`` in :func:`pair_indices` order, from
+    :func:`pair_matrix_left`'s blocks; with ``reduce``, its sum over the dimension ``v_i^T W_ij v_j``.
+
+    Shapes: ``emb`` ``[B, F, D]``, ``weight`` ``[P, D, D]`` -> ``[B, P, D]``, or ``[B, P]`` with ``reduce``.
+    """
+    terms = [left * emb[:, i + 1:] for i, left in enumerate(pair_matrix_left(emb, weight))]  # [B, n, D] each
+    return torch.cat([term.sum(dim=-1) for term in terms] if reduce else terms, dim=1)
+
+
 class AttentionalPooling(nn.Module):
     """Attention-based pooling of pairwise interactions, the core of AFM (Xiao et al., "Attentional
     Factorization Machines: Learning the Weight of Feature Interactions via Attention Networks",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from layers.interaction import PairwiseProduct, left_blocks_product, pair_matrix_left
+from layers.interaction import PairwiseProduct, bilinear_pairs, left_blocks_product
 
 KERNEL_TYPES = ("mat", "vec", "num")
 BILINEAR_TYPES = ("field_all", "field_each", "field_interaction")
@@ -81,9 +81,8 @@ class OuterProduct(PairwiseProduct):
             self.kernel = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.num_pairs, width)))  # [P, D|1]
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        if self.kernel_type == "mat":  # f_i^T K_ij per left field i, then the dot with f_j: [B, n] blocks
-            blocks = pair_matrix_left(emb, self.kernel)
-            return torch.cat([(left * emb[:, i + 1:]).sum(dim=-1) for i, left in enumerate(blocks)], dim=1)
+        if self.kernel_type == "mat":  # f_i^T K_ij f_j, one matmul per left field i: [B, P]
+            return bilinear_pairs(emb, self.kernel, reduce=True)
         return (super().forward(emb) * self.kernel).sum(dim=-1)  # vec: [P, D]; num: [P, 1] broadcasts
 
 
@@ -110,9 +109,8 @@ class BilinearInteraction(PairwiseProduct):
         self.weight = xavier_normal_stack(count, embed_dim, embed_dim)  # [1 | F-1 | P, D, D]
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        if self.bilinear_type == "field_interaction":  # v_i W_ij, one matmul per left field i: [B, n, D] blocks
-            blocks = pair_matrix_left(emb, self.weight)
-            return torch.cat([left * emb[:, i + 1:] for i, left in enumerate(blocks)], dim=1)  # [B, P, D]
+        if self.bilinear_type == "field_interaction":  # (v_i W_ij) ⊙ v_j, one matmul per left field i
+            return bilinear_pairs(emb, self.weight)  # [B, P, D]
         if self.bilinear_type == "field_all":
             projected = emb[:, :-1] @ self.weight[0]  # v_i W: [B, F-1, D]
         else:
