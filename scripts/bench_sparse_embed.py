@@ -8,10 +8,11 @@ The model: DeepFM, embedding 16, MLP 400-400-400, ``--fields`` sparse fields sha
 dense bucketized: 39 fields, 87,330 rows); full Kaggle Criteo at min-count 10 has about 1.1M rows. Ids are drawn uniformly per field (more distinct rows per batch than skewed real ids: a sparse
 update's worst case). Contenders, each on the same fixed batches:
 
-* ``dense adam``: ``nn.Embedding(sparse=False)``, one Adam (train.make_optimizer: foreach) over everything:
-  every step writes every row of both tables (their gradient is a full-size tensor of mostly zeros);
+* ``dense adam``: the tables as train.py runs them (``sparse=False``, layers/embedding.py ``RowTable``), one Adam
+  (fused, as train.make_optimizer on the CPU) over everything: every step writes every row of both tables
+  (their gradient is a full-size tensor of mostly zeros);
 * ``sparse adam``: ``table``/``weight`` with ``sparse=True``, ``torch.optim.SparseAdam`` on them (only the rows
-  a batch touches are read and written) and Adam (foreach) on the rest;
+  a batch touches are read and written) and Adam (fused) on the rest;
 * ``sparse adagrad``: as above with ``torch.optim.Adagrad`` on the tables (it takes sparse gradients).
 
 Reports the median ms per step (forward + backward + optimizer) over ``--steps`` after 3 warm-up steps, and
@@ -52,11 +53,11 @@ def optimizers(model: DeepFM, kind: str) -> list[torch.optim.Optimizer]:
     tables = [emb.table.weight, emb.weight.weight]
     emb.table.sparse = emb.weight.sparse = kind != "dense adam"
     if kind == "dense adam":
-        return [torch.optim.Adam(model.parameters(), lr=LR, foreach=True)]
+        return [torch.optim.Adam(model.parameters(), lr=LR, fused=True)]
     rest = [p for p in model.parameters() if all(p is not t for t in tables)]
     table_opt = (torch.optim.SparseAdam(tables, lr=LR) if kind == "sparse adam"
                  else torch.optim.Adagrad(tables, lr=LR))
-    return [table_opt, torch.optim.Adam(rest, lr=LR, foreach=True)]
+    return [table_opt, torch.optim.Adam(rest, lr=LR, fused=True)]
 
 
 def time_steps(model: DeepFM, opts: list[torch.optim.Optimizer], batches: Sequence[dict[str, torch.Tensor]],
