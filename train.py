@@ -47,10 +47,11 @@ import sys
 import time
 import types
 import typing
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -89,6 +90,7 @@ FROM_COMMAND_LINE = ("resume", "eval_only")  # never taken from a saved config
 HARDWARE = ("gpu_ids", "cpu_procs", "num_workers", "amp")  # --eval_only takes these from the command line too
 EVAL_BATCH_CAP = 65536  # the largest default --eval_batch_size
 EMBED_L2_MODES = ("batch", "table")  # --embed_l2_mode: see compute_loss
+SPARSE_OPTIMIZERS = ("adagrad", "sgd")  # the --optimizer choices that take --sparse_embed's sparse gradients
 
 
 class UsageError(Exception):
@@ -162,6 +164,10 @@ def base_parser(add_help: bool) -> argparse.ArgumentParser:
     opt.add_argument("--freeze_embed", nargs="+", default=[], metavar="FIELD",
                      help="these fields' embedding rows never change; a field sharing its vocabulary with "
                           "another field freezes both (the rows are the same); their first-order weights still train")
+    opt.add_argument("--sparse_embed", action="store_true",
+                     help="sparse gradients for the shared embedding tables: each step updates only the rows its "
+                          "batch touches instead of every row (faster on large tables, README 'Sparse embedding "
+                          "gradients'); needs --optimizer adagrad (row-wise state, as DLRM) or sgd")
     opt.add_argument("--clip_grad_norm", type=float, default=0.0, metavar="MAX",
                      help="before every optimizer step, scale the gradients of all parameters so that their "
                           "total L2 norm is at most MAX (0: off; FuxiCTR and BARS runs clip at 10)")
@@ -381,6 +387,15 @@ def check_compile(args: argparse.Namespace, devices: Sequence[torch.device]) -> 
                          f"drop --compile to train eagerly")
 
 
+def check_sparse_embed(flags: dict[str, Any], world: int, devices: Sequence[torch.device]) -> None:
+    """--sparse_embed (``flags``: the run's resolved flags) on several GPUs: DDP would all-reduce the sparse
+    table gradients over NCCL, which has no sparse all-reduce that DDP uses (pytorch/pytorch#22400); gloo
+    (CPU processes) has one."""
+    if flags.get("sparse_embed") and world > 1 and devices[0].type == "cuda":
+        raise UsageError(f"--sparse_embed on {world} GPUs: NCCL has no sparse all-reduce for DDP; train on one GPU "
+                         f"(--gpu_ids 0) or with CPU processes (--cpu_procs), or drop --sparse_embed")
+
+
 def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
     """Ranges of the numeric flags; a NaN or infinite float is refused everywhere, the model's too."""
     positive = ("epochs", "batch_size", "patience", "log_every", "cpu_procs")
@@ -397,6 +412,12 @@ def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
     for k in ("weight_decay", "embed_l2", "clip_grad_norm", "min_lr", "ckpt_minutes"):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
             raise UsageError(f"--{k} must be a finite number >= 0, got {getattr(args, k)}")
+    if getattr(args, "sparse_embed", False) and args.optimizer not in SPARSE_OPTIMIZERS:
+        raise UsageError(f"--sparse_embed needs --optimizer {' or '.join(SPARSE_OPTIMIZERS)} (torch's "
+                         f"{args.optimizer} takes no sparse gradients); drop --sparse_embed to train with it")
+    if getattr(args, "sparse_embed", False) and args.embed_l2 and args.embed_l2_mode == "table":
+        raise UsageError("--sparse_embed with --embed_l2_mode table: the whole-table penalty touches every row; "
+                         "use --embed_l2_mode batch (the rows of the batch) or drop --sparse_embed")
     if not 0 < args.lr_decay_factor < 1:  # also refuses NaN
         raise UsageError(f"--lr_decay_factor must be in (0, 1), got {args.lr_decay_factor}")
     weights = args.task_weights or ()
@@ -514,20 +535,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def optimizer_impl(name: str, device: torch.device) -> dict[str, bool]:
+def optimizer_impl(name: str, device: torch.device, sparse: bool = False) -> dict[str, bool]:
     """How --optimizer ``name`` updates the parameters on ``device``: ``fused=True`` (one kernel for the whole
     update) for the optimizers torch has a fused kernel for on that device type (:data:`FUSED`), else
-    ``foreach=True`` (each operation over all parameters at once instead of a Python loop over them). Both are
+    ``foreach=True`` (each operation over all parameters at once instead of a Python loop over them; torch
+    updates sparse gradients, ``sparse``: --sparse_embed, one by one, and no fused kernel takes them). Both are
     the arithmetic of the loop, up to float rounding."""
-    return {"fused": True} if name in FUSED.get(device.type, ()) else {"foreach": True}
+    return {"fused": True} if name in FUSED.get(device.type, ()) and not sparse else {"foreach": True}
 
 
 def make_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     """--optimizer over ``model``'s parameters (:func:`param_groups`), implemented for their device
     (:func:`optimizer_impl`)."""
-    device = next(model.parameters()).device
+    device, sparse = next(model.parameters()).device, getattr(args, "sparse_embed", False)
+    if sparse:  # torch warns once that it skips its sparse invariant checks, which only hand-built tensors need
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
     return OPTIMIZERS[args.optimizer](param_groups(model, args.weight_decay), lr=args.lr,
-                                      **optimizer_impl(args.optimizer, device))
+                                      **optimizer_impl(args.optimizer, device, sparse))
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -641,9 +665,25 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients are averaged over ranks here
     if clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # foreach kernels where the device has them
+        clip_gradients(model.parameters(), clip)
     optimizer.step()
     return loss.detach()
+
+
+def clip_gradients(params: Iterable[nn.Parameter], max_norm: float) -> None:
+    """Scale every gradient by ``min(1, max_norm / (||g|| + 1e-6))``, ``||g||`` the L2 norm of all of them
+    together, on the device: ``torch.nn.utils.clip_grad_norm_`` (foreach kernels), or, with sparse gradients
+    (--sparse_embed), the same formula with a sparse gradient's norm taken over its coalesced values (a row
+    that several ids of the batch touched appears once, its gradients summed)."""
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
+    if not any(g.is_sparse for g in grads):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    norms = torch.stack([(g.coalesce().values() if g.is_sparse else g).norm() for g in grads])  # [n]
+    scale = (max_norm / (norms.norm() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale)
 
 
 @dataclass(frozen=True)
@@ -1239,8 +1279,8 @@ def check_embed_flags(args: argparse.Namespace, store: StoreReader, fields: Sequ
 
 def apply_embed_flags(model: nn.Module, args: argparse.Namespace, store: StoreReader, fields: Sequence[str],
                       master: bool) -> None:
-    """--pretrained_embed (a new run only) and --freeze_embed on ``model``'s embedding (``fields``: the model's
-    sparse fields, --drop_fields removed)."""
+    """--pretrained_embed (a new run only), --freeze_embed and --sparse_embed on ``model``'s embedding
+    (``fields``: the model's sparse fields, --drop_fields removed)."""
     from dataset.embed_values import pretrained_ids  # not at start-up: see check_embed_flags
 
     emb = model.embedding
@@ -1253,6 +1293,7 @@ def apply_embed_flags(model: nn.Module, args: argparse.Namespace, store: StoreRe
                 print(f"--pretrained_embed {field}: {len(ids)} rows set from {path}; {unknown} of its values "
                       f"are not in the vocabulary (skipped)")
     emb.freeze_fields([embed_field(fields, f, "--freeze_embed") for f in args.freeze_embed])
+    emb.sparse_gradients(getattr(args, "sparse_embed", False))
 
 
 def resolve_data_path(args: argparse.Namespace, store: StoreReader, devices: Sequence[torch.device],
@@ -1571,7 +1612,8 @@ class Trainer:
                        **{k: vars(self.args)[k] for k in ("optimizer", "lr", "batch_size", "embed_l2",
                                                              "weight_decay", "seed")},
                        **{k: vars(self.args).get(k, d) for k, d in (("embed_l2_mode", "batch"),
-                                                                    ("clip_grad_norm", 0.0))}}
+                                                                    ("clip_grad_norm", 0.0),
+                                                                    ("sparse_embed", False))}}
             final = {f"hparam/valid_{self.args.monitor}": p.best_score,
                      **{f"hparam/test_{k}": v for k, v in metrics.items() if "/" not in k}}
             self.writer.add_hparams({k: hparam_value(v) for k, v in hparams.items()}, final, run_name=".",
@@ -1744,6 +1786,7 @@ def main(argv: list[str] | None = None) -> int:
         check_compile(args, devices)
         world = int(os.environ["WORLD_SIZE"]) if torchrun_env() else len(devices)
         config = resolve_config(args, hparams, world, devices)
+        check_sparse_embed(config["train"], world, devices)
         launcher = not torchrun_env() or os.environ["RANK"] == "0"
         if launcher:
             prepare_run_dir(config)

@@ -63,8 +63,10 @@ class FeatureEmbedding(nn.Module):
 
     First order (:meth:`linear`): ``b + sum_i w[x_i] + sum_s pool_s(w[seq_s]) + <w_dense, x_dense>`` -> [B, 1].
 
-    Gradients are dense (``sparse=False``): they all-reduce under NCCL and gloo alike and work with
-    every torch optimizer (Adam, AdamW, Adagrad, SGD, ...).
+    Gradients are dense by default: they all-reduce under NCCL and gloo alike and work with every torch
+    optimizer (Adam, AdamW, Adagrad, SGD, ...), but every optimizer step then reads and writes every row.
+    :meth:`sparse_gradients` makes the two tables' gradients sparse (only the rows a batch touches: train.py
+    ``--sparse_embed``), for the optimizers that take them (Adagrad, SGD).
 
     Attributes:
         num_fields: F, number of embedded fields (sparse, pooled sequences, dense ones in ``"embed"`` mode).
@@ -286,6 +288,12 @@ class FeatureEmbedding(nn.Module):
         weight = self.table.weight
         weight[self.field_rows(field, ids)] = vectors.to(weight.device, weight.dtype)
 
+    def sparse_gradients(self, enabled: bool = True) -> None:
+        """Give :attr:`table` and :attr:`weight` sparse gradients (``nn.Embedding(sparse=True)``): a backward
+        pass yields the touched rows only, ``[V, D]`` as a sparse COO tensor, and an optimizer that takes
+        them (Adagrad, SGD) updates those rows only. The lookup is then ``nn.Embedding``'s on every device."""
+        self.table.sparse = self.weight.sparse = enabled
+
     def freeze_fields(self, fields: Sequence[int]) -> None:
         """Keep every row of these sparse fields' vocabularies fixed: a hook zeroes those rows of
         :attr:`table`'s gradient, so whatever the loss (L2 terms included) they get no gradient, Adam's
@@ -297,6 +305,10 @@ class FeatureEmbedding(nn.Module):
         frozen = torch.unique(torch.cat(rows)).to(self.table.weight.device)  # [R]
 
         def zero_frozen(grad: torch.Tensor) -> torch.Tensor:
+            if grad.is_sparse:  # --sparse_embed: drop the frozen rows' entries
+                grad = grad.coalesce()
+                keep = ~torch.isin(grad.indices()[0], frozen)  # [nnz]
+                return torch.sparse_coo_tensor(grad.indices()[:, keep], grad.values()[keep], grad.shape)
             return grad.index_fill(0, frozen, 0.0)
 
         self.table.weight.register_hook(zero_frozen)

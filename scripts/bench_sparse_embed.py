@@ -8,12 +8,15 @@ The model: DeepFM, embedding 16, MLP 400-400-400, ``--fields`` sparse fields sha
 dense bucketized: 39 fields, 87,330 rows); full Kaggle Criteo at min-count 10 has about 1.1M rows. Ids are drawn uniformly per field (more distinct rows per batch than skewed real ids: a sparse
 update's worst case). Contenders, each on the same fixed batches:
 
-* ``dense adam``: the tables as train.py runs them (``sparse=False``, layers/embedding.py ``RowTable``), one Adam
-  (fused, as train.make_optimizer on the CPU) over everything: every step writes every row of both tables
-  (their gradient is a full-size tensor of mostly zeros);
-* ``sparse adam``: ``table``/``weight`` with ``sparse=True``, ``torch.optim.SparseAdam`` on them (only the rows
-  a batch touches are read and written) and Adam (fused) on the rest;
-* ``sparse adagrad``: as above with ``torch.optim.Adagrad`` on the tables (it takes sparse gradients).
+* ``dense adam``: train.py's default, the tables as it runs them (``sparse=False``, layers/embedding.py
+  ``RowTable``) and one Adam over everything (train.make_optimizer: fused on the CPU): every step writes every
+  row of both tables (their gradient is a full-size tensor of mostly zeros);
+* ``dense adagrad``: ``--optimizer adagrad``, the same with Adagrad (fused on the CPU);
+* ``sparse adagrad``: ``--optimizer adagrad --sparse_embed``, the tables with sparse gradients
+  (``FeatureEmbedding.sparse_gradients``) and one Adagrad over everything, which reads and writes only the
+  rows a batch touches;
+* ``sparse adam``: not offered by train.py (it takes two optimizers): ``torch.optim.SparseAdam`` on the sparse
+  tables and Adam (fused) on the rest.
 
 Reports the median ms per step (forward + backward + optimizer) over ``--steps`` after 3 warm-up steps, and
 the split of the median step into forward+backward and optimizer. Prints Markdown.
@@ -35,6 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from dataset.schema import Schema  # noqa: E402
 from models.deepfm import DeepFM  # noqa: E402
+import train  # noqa: E402
 
 EMBED_DIM, HIDDEN, LR, WARMUP = 16, (400, 400, 400), 1e-3, 3
 
@@ -47,17 +51,20 @@ def build(fields: int, vocab: int, dense: int) -> DeepFM:
     return DeepFM(schema, embed_dim=EMBED_DIM, hidden_units=HIDDEN)
 
 
+CONTENDERS = ("dense adam", "dense adagrad", "sparse adagrad", "sparse adam")
+
+
 def optimizers(model: DeepFM, kind: str) -> list[torch.optim.Optimizer]:
-    """``kind`` -> the optimizers of one contender (sets the tables' ``sparse`` flag to match)."""
+    """``kind`` -> the optimizers of one contender (sets the tables' gradients sparse to match)."""
+    sparse, name = kind.split()
+    model.embedding.sparse_gradients(sparse == "sparse")
+    if kind != "sparse adam":  # what train.py builds for --optimizer name [--sparse_embed]
+        flags = argparse.Namespace(optimizer=name, lr=LR, weight_decay=0.0, sparse_embed=sparse == "sparse")
+        return [train.make_optimizer(model, flags)]
     emb = model.embedding
     tables = [emb.table.weight, emb.weight.weight]
-    emb.table.sparse = emb.weight.sparse = kind != "dense adam"
-    if kind == "dense adam":
-        return [torch.optim.Adam(model.parameters(), lr=LR, fused=True)]
     rest = [p for p in model.parameters() if all(p is not t for t in tables)]
-    table_opt = (torch.optim.SparseAdam(tables, lr=LR) if kind == "sparse adam"
-                 else torch.optim.Adagrad(tables, lr=LR))
-    return [table_opt, torch.optim.Adam(rest, lr=LR, fused=True)]
+    return [torch.optim.SparseAdam(tables, lr=LR), torch.optim.Adam(rest, lr=LR, fused=True)]
 
 
 def time_steps(model: DeepFM, opts: list[torch.optim.Optimizer], batches: Sequence[dict[str, torch.Tensor]],
@@ -97,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); vocab {args.vocab:,} rows x {EMBED_DIM}, "
           f"{args.fields} fields, {args.dense} dense, batch {args.batch_size}\n")
     print("| contender | ms/step | forward+backward ms | optimizer ms | samples/s |\n|---|---|---|---|---|")
-    for kind in ("dense adam", "sparse adam", "sparse adagrad"):
+    for kind in CONTENDERS:
         model = build(args.fields, args.vocab, args.dense)
         opts = optimizers(model, kind)
         fb, st = time_steps(model, opts, batches)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -205,3 +206,16 @@ def test_bench_ab_child_times_a_model_and_the_parent_needs_a_checkout(tmp_path, 
     with pytest.raises(SystemExit):
         bench_ab.parse_args(["--before", str(tmp_path), "--models", "FM"])  # not a checkout of this repo
     assert "--before must name a checkout" in capsys.readouterr().err
+
+
+def test_bench_sparse_embed_times_what_train_py_builds(capsys: pytest.CaptureFixture):
+    import bench_sparse_embed
+
+    bench_sparse_embed.main(["--vocab", "400", "--fields", "4", "--batch-size", "32", "--steps", "1"])
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == list(bench_sparse_embed.CONTENDERS)
+    model = bench_sparse_embed.build(4, 400, 0)
+    (adagrad,) = bench_sparse_embed.optimizers(model, "sparse adagrad")
+    assert isinstance(adagrad, torch.optim.Adagrad) and model.embedding.table.sparse
+    (adam,) = bench_sparse_embed.optimizers(model, "dense adam")
+    assert isinstance(adam, torch.optim.Adam) and not model.embedding.table.sparse

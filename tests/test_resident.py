@@ -288,11 +288,13 @@ def test_resident_run_resumed_mid_epoch_ends_like_the_uninterrupted_one(train_st
     assert straight["global_step"] == 2 * 25
 
 
-def test_two_cpu_processes_match_one_process_with_the_double_batch(train_store: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", [[], ["--optimizer", "adagrad", "--sparse_embed"]], ids=["dense", "sparse"])
+def test_two_cpu_processes_match_one_process_with_the_double_batch(train_store: Path, tmp_path: Path,
+                                                                   optimizer: list[str]) -> None:
     """As tests/test_train.py's DDP test: 2 gloo ranks of batch b train like one process of batch 2b (the
     resident path gives the ranks exactly that process's batches), to the same tolerance; every test row
-    is scored once."""
-    flags = [*DEEPFM, "--data", train_store, "--epochs", "1", "--data_path", "resident"]
+    is scored once. Also with --sparse_embed, whose sparse table gradients DDP all-reduces as sparse tensors."""
+    flags = [*DEEPFM, "--data", train_store, "--epochs", "1", "--data_path", "resident", *optimizer]
     one, two = tmp_path / "one", tmp_path / "two"
     assert train.main([str(a) for a in [*flags, "--batch_size", "64", "--model_save_dir", one]]) == 0
     assert train.main([str(a) for a in [*flags, "--batch_size", "32", "--cpu_procs", "2",

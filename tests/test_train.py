@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -762,3 +762,56 @@ def test_a_run_with_clip_and_table_regularizer_trains_and_records_them(tmp_path:
     assert code == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["train"]["embed_l2_mode"], config["train"]["clip_grad_norm"]) == ("table", 10.0)
+
+
+# -- sparse embedding gradients ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "sgd"])
+def test_sparse_embed_trains_like_dense_gradients(store: Path, tmp_path: Path, optimizer: str,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    """Adagrad and SGD leave a row without gradient as it is, so updating only the rows a batch touches is the
+    same arithmetic as the dense update: the same weights after an epoch, with the L2 of the batch's rows, a
+    frozen field (its rows dropped from the sparse gradient) and clipping (the norm of coalesced rows)."""
+    flags = [*DEEPFM, "--data", store, "--epochs", "1", "--optimizer", optimizer, "--lr", "0.05",
+             "--embed_l2", "1e-3", "--freeze_embed", "C1", "--clip_grad_norm", "0.5"]
+    seen, step = [], train.train_step
+
+    def recording_step(model: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = step(model, *args, **kwargs)
+        seen.append(tuple(t.weight.grad.is_sparse for t in (model.embedding.table, model.embedding.weight)))
+        return loss
+
+    monkeypatch.setattr(train, "train_step", recording_step)
+    assert train.main([str(a) for a in [*flags, "--model_save_dir", tmp_path / "dense"]]) == 0
+    assert seen and set(seen) == {(False, False)}
+    seen.clear()
+    assert train.main([str(a) for a in [*flags, "--sparse_embed", "--model_save_dir", tmp_path / "sparse"]]) == 0
+    assert seen and set(seen) == {(True, True)}
+    assert json.loads((tmp_path / "sparse" / "config.json").read_text())["train"]["sparse_embed"] is True
+    dense, sparse = (train.load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("dense", "sparse"))
+    for k, v in dense.items():
+        torch.testing.assert_close(sparse[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert read_metrics(tmp_path / "sparse")["test"] == pytest.approx(read_metrics(tmp_path / "dense")["test"],
+                                                                       rel=1e-5)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--optimizer", "adam"], "--sparse_embed needs --optimizer adagrad or sgd"),
+    (["--optimizer", "adagrad", "--embed_l2", "1e-4", "--embed_l2_mode", "table"],
+     "--sparse_embed with --embed_l2_mode table"),
+])
+def test_sparse_embed_refuses_what_needs_every_row(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   flags: list[str], message: str):
+    code, err = run_main([*DEEPFM, "--data", store, "--sparse_embed", *flags, "--model_save_dir", tmp_path / "r"],
+                         capsys)
+    assert code == 2 and message in err and not (tmp_path / "r").exists()
+
+
+def test_sparse_embed_on_several_gpus_is_refused_before_anything_starts():
+    cpu, gpus = [torch.device("cpu")], [torch.device("cuda", 0), torch.device("cuda", 1)]
+    train.check_sparse_embed({"sparse_embed": True}, 1, gpus[:1])  # one GPU: no all-reduce
+    train.check_sparse_embed({"sparse_embed": True}, 2, cpu * 2)  # gloo all-reduces sparse tensors
+    train.check_sparse_embed({"sparse_embed": False}, 2, gpus)
+    with pytest.raises(train.UsageError, match="--sparse_embed on 2 GPUs: NCCL has no sparse all-reduce"):
+        train.check_sparse_embed({"sparse_embed": True}, 2, gpus)
