@@ -204,7 +204,8 @@ def measure_training(store_path: str, model_name: str, device_name: str, batch_s
     cls = models.get_model_class(model_name)
     schema = store.schema
     if cls.multitask:
-        schema = dataclasses.replace(schema, labels=(schema.labels[0], f"{schema.labels[0]}_copy"))
+        schema = dataclasses.replace(schema, labels=(schema.labels[0], f"{schema.labels[0]}_copy"),
+                                     task_types=(schema.task_types[0],) * 2)
     batches = _cached_batches(store, batch_size, schema.num_tasks, device)
     model = models.build_model(model_name, schema).to(device)
     seconds = time_train_steps(model, batches, device, warmup, steps)

@@ -187,6 +187,15 @@ def test_speed_pipeline_runs_with_bench_data_s_own_options(tmp_path):
     assert {"preprocessing", "loader"} <= set(out)
 
 
+@pytest.mark.parametrize("name", ["DeepFM", "MMoE"])
+def test_speed_table_times_single_and_multitask_models(tmp_path, name: str):
+    """The speed table's per-model measurement: a multi-task model trains on the label twice (two binary
+    tasks; a schema of two labels needs a task type for each, which it once lacked)."""
+    benchmark.bench_pipeline(3000, 256, tmp_path)
+    out = benchmark.measure_training(str(tmp_path / "store"), name, "cpu", 64, 1, 1)
+    assert out["samples_per_s"] > 0 and out["params"] > 0
+
+
 def test_bench_features_frappe_models_all_leaves_out_multitask_and_sequence_models():
     import bench_features
     chosen = bench_features.parse_args(["--frappe-models", "all"]).frappe_models
