@@ -1370,6 +1370,19 @@ def make_loaders(store: StoreReader, args: argparse.Namespace, ctx: Ctx) -> dict
                          f"--data_path chunks") from None
 
 
+def after_event_files(run_dir: Path) -> None:
+    """Wait, if needed, until a new TensorBoard event file of ``run_dir`` sorts after every existing one.
+
+    Readers load a run's event files in name order, ``events.out.tfevents.<second>.<host>.<pid>...``, and
+    apply a resumed run's purge (the points its killed predecessor wrote after last.pt's step) only to the
+    files read before its own. A run resumed within the second its predecessor started would tie on the
+    second and sort by pid, perhaps first, and keep the stale points; at most a second's wait avoids that."""
+    seconds = [int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    if seconds and time.time() < max(seconds) + 1:
+        time.sleep(max(seconds) + 1 - time.time())
+
+
 class Trainer:
     """The training loop of one process. Rank 0 alone writes TensorBoard, checkpoints and metrics.
 
@@ -1408,6 +1421,8 @@ class Trainer:
         self.loaders = make_loaders(self.store, self.args, ctx)
         # A resumed run drops the points its killed predecessor wrote after last.pt's step (the points of that
         # step were written before last.pt was, so they stay)
+        if self.args.resume and ctx.master:
+            after_event_files(self.run_dir)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.progress.global_step + 1 if self.args.resume
                                     else None) if ctx.master else None
         self.window = LossWindow(ctx.device)  # the steps since the last train/* point

@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.metrics import log_loss, roc_auc_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 import models
 import train
@@ -815,3 +816,15 @@ def test_sparse_embed_on_several_gpus_is_refused_before_anything_starts():
     train.check_sparse_embed({"sparse_embed": False}, 2, gpus)
     with pytest.raises(train.UsageError, match="--sparse_embed on 2 GPUs: NCCL has no sparse all-reduce"):
         train.check_sparse_embed({"sparse_embed": True}, 2, gpus)
+
+
+def test_a_resumed_run_s_event_file_sorts_after_its_predecessor_s(tmp_path: Path):
+    """TensorBoard applies a resumed run's purge only to event files it read before the run's own, in name
+    order; a predecessor started in the same second with a larger pid would sort last and keep its stale
+    points (tests/test_train.py's kill-and-resume test saw one under load)."""
+    old = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.host.99999999.0"
+    old.write_bytes(b"")
+    train.after_event_files(tmp_path)
+    writer = SummaryWriter(str(tmp_path))
+    writer.close()
+    assert sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))[-1] != old.name
