@@ -412,10 +412,10 @@ def check_args(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
     for k in ("weight_decay", "embed_l2", "clip_grad_norm", "min_lr", "ckpt_minutes"):
         if not (math.isfinite(getattr(args, k)) and getattr(args, k) >= 0):
             raise UsageError(f"--{k} must be a finite number >= 0, got {getattr(args, k)}")
-    if getattr(args, "sparse_embed", False) and args.optimizer not in SPARSE_OPTIMIZERS:
+    if args.sparse_embed and args.optimizer not in SPARSE_OPTIMIZERS:
         raise UsageError(f"--sparse_embed needs --optimizer {' or '.join(SPARSE_OPTIMIZERS)} (torch's "
                          f"{args.optimizer} takes no sparse gradients); drop --sparse_embed to train with it")
-    if getattr(args, "sparse_embed", False) and args.embed_l2 and args.embed_l2_mode == "table":
+    if args.sparse_embed and args.embed_l2 and args.embed_l2_mode == "table":
         raise UsageError("--sparse_embed with --embed_l2_mode table: the whole-table penalty touches every row; "
                          "use --embed_l2_mode batch (the rows of the batch) or drop --sparse_embed")
     if not 0 < args.lr_decay_factor < 1:  # also refuses NaN
@@ -1377,10 +1377,10 @@ def after_event_files(run_dir: Path) -> None:
     apply a resumed run's purge (the points its killed predecessor wrote after last.pt's step) only to the
     files read before its own. A run resumed within the second its predecessor started would tie on the
     second and sort by pid, perhaps first, and keep the stale points; at most a second's wait avoids that."""
-    seconds = [int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*")
-               if p.name.split(".")[3].isdigit()]
-    if seconds and time.time() < max(seconds) + 1:
-        time.sleep(max(seconds) + 1 - time.time())
+    stamps = [p.name.split(".")[3] for p in run_dir.glob("events.out.tfevents.*")]
+    latest = max((int(s) for s in stamps if s.isdigit()), default=None)
+    if latest is not None and time.time() < latest + 1:
+        time.sleep(latest + 1 - time.time())
 
 
 class Trainer:

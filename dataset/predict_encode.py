@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
-
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

@@ -268,13 +268,8 @@ class StoreWriter:
         for split in SPLITS:
             if self._pending_rows[split]:
                 self._write_full_chunks(split, final=True)
-        records = {}
-        for name in self.schema.vocabs:
-            raw = self._txn.get(VOCAB_PREFIX + name.encode())
-            if raw is None:
-                records = None
-                break
-            records[name] = json.loads(raw)
+        raws = {name: self._txn.get(VOCAB_PREFIX + name.encode()) for name in self.schema.vocabs}
+        records = None if None in raws.values() else {name: json.loads(raw) for name, raw in raws.items()}
         self.meta.update(
             schema=self.schema.to_dict(),
             chunk_size=self.chunk_size,

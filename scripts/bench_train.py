@@ -250,7 +250,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     else:
                         out = deepctr(work / "deepctr.npz", work / f"deepctr{r}.json", args)
                 else:
-                    out = in_fresh_process(mlp_ceiling, width, args.batch_size, args.log_every, name != CEILINGS[0])
+                    out = in_fresh_process(mlp_ceiling, width, args.batch_size, args.log_every, name == CEILINGS[1])
             except Exception as e:  # reported in the table; the other contenders still run
                 out = {"error": f"{type(e).__name__}: {e}"}
             runs[name].append(out)
