@@ -280,8 +280,12 @@ def test_the_train_loss_curve_is_the_mean_of_the_eager_step_losses(store: Path, 
 
 
 def test_evaluation_batches_default_to_four_training_batches_and_do_not_change_the_metrics(store: Path):
-    sizes = lambda batch, given=None: train.eval_batch_size(argparse.Namespace(batch_size=batch, eval_batch_size=given))
-    assert (sizes(64), sizes(20_000), sizes(100_000), sizes(64, 7)) == (256, train.EVAL_BATCH_CAP, 100_000, 7)
+    def sizes(batch: int, given: int | None = None, device: str = "cuda") -> int:
+        return train.eval_batch_size(argparse.Namespace(batch_size=batch, eval_batch_size=given), torch.device(device))
+    assert (sizes(64), sizes(20_000), sizes(100_000), sizes(64, 7)) == (256, 65536, 100_000, 7)
+    # on a CPU the default stops at 4096 rows (the caches), never below --batch_size
+    assert [sizes(b, device="cpu") for b in (64, 1024, 4096, 20_000)] == [256, 4096, 4096, 20_000]
+    assert sizes(4096, 50_000, device="cpu") == 50_000
     with pytest.raises(train.UsageError, match="--eval_batch_size must be >= 1, got 0"):
         sizes(64, 0)
     torch.manual_seed(7)
