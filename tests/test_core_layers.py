@@ -303,3 +303,31 @@ def test_lr_and_fm_models_are_their_equations(schema):
     emb = fm.embedding(batch)
     pairs = sum((emb[:, i] * emb[:, j]).sum(dim=1) for i, j in itertools.combinations(range(7), 2))
     torch.testing.assert_close(fm(batch), fm.embedding.linear(batch) + pairs.unsqueeze(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_mlp_in_place_relu_gives_the_out_of_place_values_and_gradients(batch_norm: bool):
+    """MLP's ReLUs after nn.Linear / batch norm run in place; after another layer (FINAL's) they must not."""
+    from layers.mlp import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(12, (8, 8), batch_norm=batch_norm, output_dim=1).double()
+    assert [m.inplace for m in mlp.net if isinstance(m, torch.nn.ReLU)] == [True, True]
+    x = torch.randn(16, 12, dtype=torch.float64, requires_grad=True)
+    out = mlp(x)
+    grads = torch.autograd.grad(out.sum(), [x, *mlp.parameters()])
+    for m in mlp.net:  # the same stack, out of place: the reference
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    ref = mlp(x)
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, torch.autograd.grad(ref.sum(), [x, *mlp.parameters()])):
+        assert torch.equal(g, r)
+
+    class Exponential(torch.nn.Linear):  # a map whose backward reads its own output
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.exp(super().forward(x))
+
+    other = MLP(12, (8,), linear=Exponential)
+    assert not other.net[1].inplace
+    other(torch.randn(4, 12)).sum().backward()
