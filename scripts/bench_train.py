@@ -2,7 +2,7 @@
 0.3.0's DeepFM on the same encoded rows, and the MLP-only ceiling.
 
     python scripts/bench_train.py [--rows 1000000] [--repeat 1] [--json PATH] [--quick] [--skip-baseline]
-                                  [--baseline-venv /tmp/deepctr-venv]
+                                  [--baseline-venv /tmp/deepctr-venv] [--compile]
 
 The rows: ``--rows`` rows of synthetic raw Criteo (dataset/synthetic.py, seed 0), preprocessed once by
 dataset/criteo.py (min-count 10, bucketized dense: 39 sparse fields, split 8:1:1). Every contender trains
@@ -23,7 +23,10 @@ that load on the machine falls on every contender alike):
    no embedding, no loader. 3 warm-up steps, then 5 windows of ``--log-every`` steps;
 5. the same MLP ceiling with the gradient of its input: DeepFM must compute it (the embeddings under the MLP
    train), one more [B, 400] x [400, width] product per step that ceiling 4 (issue #14's definition) leaves
-   out. Both ratios are reported.
+   out. Both ratios are reported;
+6. with ``--compile`` (opt-in: it needs a C++ compiler and compiling takes seconds to minutes), two more: ours,
+   resident with ``--compile``, and ceiling 5 through ``torch.compile``; each compiles into a fresh, empty
+   Inductor cache (TORCHINDUCTOR_CACHE_DIR), so a compiled run's wall time includes its compiling.
 
 Wall seconds: the subprocess from start to exit (interpreter start-up and imports included). Training
 samples/s: median over the windows of ``--log-every`` steps after the first (ours: the train/samples_per_s
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -67,6 +71,7 @@ DEEPCTR = "deepctr-torch==0.3.0"
 CEILING_WARMUP, CEILING_WINDOWS = 3, 5
 CEILINGS = ("MLP ceiling", "MLP ceiling, input gradient")
 CONTENDERS = ("ours, chunks", "DeepCTR-Torch", "ours, resident", *CEILINGS)  # the order of each repeat
+COMPILED = ("ours, resident, compiled", "MLP ceiling, input gradient, compiled")  # after them with --compile
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -81,6 +86,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="venv for DeepCTR-Torch, created when it lacks it (default: %(default)s)")
     p.add_argument("--skip-baseline", action="store_true", help="leave DeepCTR-Torch out")
     p.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+    p.add_argument("--compile", action="store_true",
+                   help="also time train.py --compile (resident) and the input-gradient ceiling compiled")
     args = p.parse_args(argv)
     if args.rows is None:
         args.rows = 100_000 if args.quick else 1_000_000
@@ -93,14 +100,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------ contenders
 
 
-def ours(store: Path, data_path: str, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """``python train.py`` on ``store`` as a fresh subprocess -> wall s, windowed samples/s, test AUC."""
+def ours(store: Path, data_path: str, run_dir: Path, args: argparse.Namespace,
+         compile_cache: Path | None = None) -> dict[str, Any]:
+    """``python train.py`` on ``store`` as a fresh subprocess -> wall s, windowed samples/s, test AUC. With
+    ``compile_cache``: ``--compile``, Inductor caching into that (new) directory."""
     argv = ["train.py", "--model", "DeepFM", "--data", str(store), "--model_save_dir", str(run_dir),
             "--data_path", data_path, "--epochs", "1", "--batch_size", str(args.batch_size), "--optimizer", "adam",
             "--lr", str(LR), "--embed_size", str(EMBED_DIM), "--hidden_units", *map(str, HIDDEN),
-            "--log_every", str(args.log_every), "--seed", str(SEED)]
+            "--log_every", str(args.log_every), "--seed", str(SEED), *(["--compile"] if compile_cache else [])]
     log = run_dir.with_name(run_dir.name + ".log")
-    wall = run_child([sys.executable, *argv], log)
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(compile_cache)} if compile_cache else {}
+    wall = run_child([sys.executable, *argv], log, env)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(run_dir))
     events.Reload()
@@ -118,17 +128,22 @@ def deepctr(npz: Path, result: Path, args: argparse.Namespace) -> dict[str, Any]
     return {"wall_s": wall, **json.loads(result.read_text()), "command": [f"{args.baseline_venv}/bin/python", *argv]}
 
 
-def mlp_ceiling(width: int, batch_size: int, log_every: int, input_grad: bool = False) -> dict[str, Any]:
+def mlp_ceiling(width: int, batch_size: int, log_every: int, input_grad: bool = False,
+                compile_cache: str | None = None) -> dict[str, Any]:
     """[runs in a fresh process] samples/s of DeepFM's MLP alone: forward, BCE, backward (``input_grad``: down to
-    its input too, as in DeepFM), Adam step."""
+    its input too, as in DeepFM), Adam step; with ``compile_cache``, the MLP through torch.compile (Inductor
+    caching into that new directory; compiling happens in the warm-up steps)."""
+    if compile_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache
     torch.manual_seed(SEED)
     mlp = MLP(width, HIDDEN, output_dim=1)
+    net = torch.compile(mlp) if compile_cache else mlp
     opts = argparse.Namespace(optimizer="adam", lr=LR, weight_decay=0.0)
     optimizer = train.make_optimizer(mlp, opts)
     x, y = torch.randn(batch_size, width, requires_grad=input_grad), (torch.rand(batch_size, 1) < 0.25).float()
 
     def step() -> None:
-        loss = F.binary_cross_entropy_with_logits(mlp(x), y)
+        loss = F.binary_cross_entropy_with_logits(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -151,11 +166,13 @@ def torch_threads() -> int:
     return int(subprocess.run(probe, capture_output=True, text=True, check=True).stdout)
 
 
-def run_child(argv: list[str], log: Path) -> float:
-    """Run ``argv`` from the repo root, its output into ``log`` -> wall seconds; a failure raises with its tail."""
+def run_child(argv: list[str], log: Path, env: dict[str, str] | None = None) -> float:
+    """Run ``argv`` from the repo root (``env`` added to ours), its output into ``log`` -> wall seconds; a failure
+    raises with its tail."""
     with open(log, "w") as out:
         start = time.perf_counter()
-        code = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {})}).returncode
         wall = time.perf_counter() - start
     if code:
         tail = " / ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
@@ -235,22 +252,25 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             setup["npz_s"] = store_to_npz(store, work / "deepctr.npz")
         except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
             baseline_error = f"{type(e).__name__}: {e}"
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    contenders = CONTENDERS + (COMPILED if args.compile else ())
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     (work / "runs").mkdir()
     for r in range(args.repeat):
-        for name in CONTENDERS:
+        for i, name in enumerate(contenders):
             print(f"repeat {r + 1}/{args.repeat}: {name}", file=sys.stderr)
+            cache = work / f"inductor{r}-{i}" if name.endswith("compiled") else None  # fresh: compiling counts
             try:
                 if name.startswith("ours"):
                     path = name.split(", ")[1]
-                    out = ours(store, path, work / "runs" / f"{path}{r}", args)
+                    out = ours(store, path, work / "runs" / f"{path}{r}-{i}", args, cache)
                 elif name == "DeepCTR-Torch":
                     if baseline_error:
                         out = {"error": baseline_error}
                     else:
                         out = deepctr(work / "deepctr.npz", work / f"deepctr{r}.json", args)
                 else:
-                    out = in_fresh_process(mlp_ceiling, width, args.batch_size, args.log_every, name == CEILINGS[1])
+                    out = in_fresh_process(mlp_ceiling, width, args.batch_size, args.log_every,
+                                           "input gradient" in name, cache and str(cache))
             except Exception as e:  # reported in the table; the other contenders still run
                 out = {"error": f"{type(e).__name__}: {e}"}
             runs[name].append(out)
@@ -276,13 +296,16 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """DeepCTR-Torch's wall time over each of ours, and each of ours' samples/s over each ceiling (a compiled
+    ceiling only under a compiled run of ours)."""
     def ratio(a: str, b: str, key: str) -> float | None:
         x, y = summary[a].get(key), summary[b].get(key)
         return x / y if x and y else None
-    paths = ("chunks", "resident")
-    return {**{f"DeepCTR-Torch wall / ours wall, {p}": ratio("DeepCTR-Torch", f"ours, {p}", "wall_s") for p in paths},
-            **{f"ours samples/s / {c}, {p}": ratio(f"ours, {p}", c, "samples_per_s")
-               for c in CEILINGS if c in summary for p in paths}}
+    ours_runs = [n for n in summary if n.startswith("ours")]
+    ceilings = [n for n in summary if n.startswith("MLP ceiling")]
+    return {**{f"wall: DeepCTR-Torch / {o}": ratio("DeepCTR-Torch", o, "wall_s") for o in ours_runs},
+            **{f"samples/s: {o} / {c}": ratio(o, c, "samples_per_s") for o in ours_runs for c in ceilings
+               if o.endswith("compiled") or not c.endswith("compiled")}}
 
 
 def render(results: dict[str, Any]) -> str:
@@ -294,7 +317,7 @@ def render(results: dict[str, Any]) -> str:
             rows.append([name, "", s["error"] if s["error"].startswith("skipped") else f"failed: {s['error']}", "", ""])
             continue
         threads = results["train_py_torch_threads"] if name.startswith("ours") else s["torch_threads"]
-        wall = "n/a (fixed steps)" if name in CEILINGS else num(s["wall_s"], ".1f")
+        wall = "n/a (fixed steps)" if name.startswith("MLP ceiling") else num(s["wall_s"], ".1f")
         rows.append([name, threads, wall, num(s["samples_per_s"], ",.0f"), num(s["test_auc"], ".4f")])
     setup = results["setup"]
     conversion = (f"; store -> .npz for DeepCTR-Torch {setup['npz_s']:.2f} s (in no wall time)"

@@ -32,10 +32,18 @@ def test_summary_takes_medians_over_repeats_and_ratios_skip_what_failed():
                "MLP ceiling": {"wall_s": None, "samples_per_s": 100.0},
                "MLP ceiling, input gradient": {"error": "RuntimeError: boom"}}
     assert bench_train.ratios(summary) == {
-        "DeepCTR-Torch wall / ours wall, chunks": None, "DeepCTR-Torch wall / ours wall, resident": None,
-        "ours samples/s / MLP ceiling, chunks": 0.9, "ours samples/s / MLP ceiling, resident": 0.95,
-        "ours samples/s / MLP ceiling, input gradient, chunks": None,
-        "ours samples/s / MLP ceiling, input gradient, resident": None}
+        "wall: DeepCTR-Torch / ours, chunks": None, "wall: DeepCTR-Torch / ours, resident": None,
+        "samples/s: ours, chunks / MLP ceiling": 0.9, "samples/s: ours, chunks / MLP ceiling, input gradient": None,
+        "samples/s: ours, resident / MLP ceiling": 0.95,
+        "samples/s: ours, resident / MLP ceiling, input gradient": None}
+    # --compile: a compiled run of ours against every ceiling, a compiled ceiling only against it
+    summary |= {"DeepCTR-Torch": {"wall_s": 20.0}, "ours, resident, compiled": {"wall_s": 16.0, "samples_per_s": 99.0},
+                "MLP ceiling, input gradient, compiled": {"samples_per_s": 110.0}}
+    got = bench_train.ratios(summary)
+    assert got["wall: DeepCTR-Torch / ours, chunks"] == 2.0 and got["wall: DeepCTR-Torch / ours, resident, compiled"] == 1.25
+    assert got["samples/s: ours, resident, compiled / MLP ceiling"] == 0.99
+    assert got["samples/s: ours, resident, compiled / MLP ceiling, input gradient, compiled"] == 0.9
+    assert not any(k.startswith("samples/s: ours, chunks / ") and k.endswith("compiled") for k in got)
 
 
 def _ratio(text: str, name: str) -> str:
@@ -56,8 +64,8 @@ def test_a_tiny_run_without_the_baseline(tmp_path: Path, capsys: pytest.CaptureF
     assert "| DeepCTR-Torch |  | skipped (--skip-baseline) |  |  |" in text
     for path in ("chunks", "resident"):
         for ceiling in bench_train.CEILINGS:
-            assert float(_ratio(text, f"ours samples/s / {ceiling}, {path}")) > 0
-        assert _ratio(text, f"DeepCTR-Torch wall / ours wall, {path}") == "n/a"
+            assert float(_ratio(text, f"samples/s: ours, {path} / {ceiling}")) > 0
+        assert _ratio(text, f"wall: DeepCTR-Torch / ours, {path}") == "n/a"
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["dnn_input_width"] == 39 * 16 and 15_000 < results["train_rows"] < 17_000  # 8:1:1
     assert "--data_path resident" in results["commands"]["ours, resident"]
