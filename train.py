@@ -669,16 +669,22 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
     memory; the caller records the loss in a :class:`LossWindow` and checks it (:meth:`LossWindow.read`,
     :func:`check_finite`) before it writes anything from those weights.
     """
-    model.train()
-    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(batch)  # [B, T]
-    loss = loss_fn(batch, logits.float())
+    loss = forward_loss(model, batch, loss_fn, ctx, amp)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # DDP: gradients are averaged over ranks here
     if clip > 0:
         clip_gradients(model.parameters(), clip)
     optimizer.step()
     return loss.detach()
+
+
+def forward_loss(model: nn.Module, batch: Batch, loss_fn: LossFn, ctx: Ctx, amp: bool = False) -> torch.Tensor:
+    """The forward half of :func:`train_step`: ``model`` in training mode on ``batch`` (bfloat16 autocast with
+    --amp), its training loss (0-dim, float32, attached to the graph)."""
+    model.train()
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(batch)  # [B, T]
+    return loss_fn(batch, logits.float())
 
 
 def clip_gradients(params: Iterable[nn.Parameter], max_norm: float) -> None:
