@@ -99,8 +99,8 @@ class PhaseClock:
         """ms of each phase of each step."""
         if self.cuda:
             torch.cuda.synchronize()
-            return [[a.elapsed_time(b) for a, b in itertools.pairwise(marks)] for marks in self.steps]
-        return [[(b - a) * 1000 for a, b in itertools.pairwise(marks)] for marks in self.steps]
+            return [[a.elapsed_time(b) for a, b in zip(marks, marks[1:])] for marks in self.steps]
+        return [[(b - a) * 1000 for a, b in zip(marks, marks[1:])] for marks in self.steps]
 
 
 def synchronize(device: torch.device) -> None:
