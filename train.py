@@ -384,7 +384,7 @@ def compile_problem(device: torch.device) -> str | None:
 def compiled(model: nn.Module, device: torch.device) -> nn.Module:
     """--compile: ``torch.compile(model)`` (it shares the model's parameters). On a CPU, with dynamic shapes from
     the start: the epoch's last, smaller batch then reuses the graph instead of compiling C++ again (a 1M-row
-    DeepFM run: 50.4 -> 44.2 s, the same steady samples/s). On CUDA, torch's default, as measured on the H200."""
+    DeepFM run: 50.4 -> 44-46 s, the same steady samples/s). On CUDA, torch's default, as measured on the H200."""
     return torch.compile(model, dynamic=True if device.type == "cpu" else None)
 
 

@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 import train  # noqa: E402
 from benchmark import machine_info, machine_line, markdown_table  # noqa: E402
-from dataset.resident import ResidentSplit, make_resident_loader  # noqa: E402
+from dataset.resident import ResidentLoader, ResidentSplit, make_resident_loader  # noqa: E402
 from dataset.store import StoreReader  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -111,9 +111,17 @@ def synchronize(device: torch.device) -> None:
 # ------------------------------------------------------------------------------------------------ one row
 
 
-def setup(name: str, batch_size: int, split: ResidentSplit, args: argparse.Namespace) -> dict[str, Any]:
-    """train.py's model, loss, optimizer and input selection for ``--model name --batch_size batch_size`` on the
-    store, on ``split``'s device."""
+class Parts(NamedTuple):
+    model: torch.nn.Module
+    inputs: train.Inputs
+    loss_fn: train.LossFn
+    optimizer: torch.optim.Optimizer
+    loader: ResidentLoader
+
+
+def setup(name: str, batch_size: int, split: ResidentSplit, args: argparse.Namespace) -> Parts:
+    """train.py's model, input selection, loss and optimizer for ``--model name --batch_size batch_size`` on the
+    store, and a loader of ``split`` (on its device)."""
     device = split.device
     argv = ["--model", name, "--data", str(args.data), "--batch_size", str(batch_size), "--data_path", "resident",
             *(["--amp"] if args.amp else [])]
@@ -123,9 +131,8 @@ def setup(name: str, batch_size: int, split: ResidentSplit, args: argparse.Names
     torch.manual_seed(run_args.seed)
     inputs, schema = train.Inputs.of(split.schema, run_args.drop_fields, run_args.labels, device)
     model = train.build(config, schema, device)
-    return {"model": model, "inputs": inputs, "args": run_args,
-            "loss_fn": train.make_loss_fn(model, run_args), "optimizer": train.make_optimizer(model, run_args),
-            "loader": make_resident_loader(split, "train", batch_size, train=True, seed=run_args.seed)}
+    return Parts(model, inputs, train.make_loss_fn(model, run_args), train.make_optimizer(model, run_args),
+                 make_resident_loader(split, "train", batch_size, train=True, seed=run_args.seed))
 
 
 def net_for(mode: str, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -136,7 +143,7 @@ def net_for(mode: str, model: torch.nn.Module, device: torch.device) -> torch.nn
     return model
 
 
-def endless(loader: Any) -> Iterator[Any]:
+def endless(loader: ResidentLoader) -> Iterator[train.Batch]:
     """The loader's batches, epoch after epoch."""
     for epoch in itertools.count():
         loader.set_epoch(epoch)
@@ -146,10 +153,9 @@ def endless(loader: Any) -> Iterator[Any]:
 def measure(name: str, batch_size: int, mode: str, split: ResidentSplit, args: argparse.Namespace) -> dict[str, Any]:
     """One row: ``args.warmup`` untimed steps, then ``args.steps`` timed ones, phase by phase."""
     device = split.device
-    parts = setup(name, batch_size, split, args)
-    model, optimizer, loss_fn, inputs = parts["model"], parts["optimizer"], parts["loss_fn"], parts["inputs"]
+    model, inputs, loss_fn, optimizer, loader = setup(name, batch_size, split, args)
     net, ctx = net_for(mode, model, device), train.Ctx(device=device)
-    batches = endless(parts["loader"])
+    batches = endless(loader)
     begin: Callable[[], None] = torch.compiler.cudagraph_mark_step_begin if mode == "cudagraphs" else lambda: None
 
     def step(clock: PhaseClock | None) -> None:
