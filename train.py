@@ -1357,6 +1357,18 @@ def build(config: dict[str, Any], schema: Schema, device: torch.device) -> nn.Mo
     return model.to(device)
 
 
+def training_parts(config: dict[str, Any], store: StoreReader, device: torch.device,
+                   master: bool = True) -> tuple[Inputs, nn.Module, LossFn, torch.optim.Optimizer]:
+    """What a run of ``config`` trains on ``device``: the columns it reads from ``store``'s batches, the model
+    (--pretrained_embed, --freeze_embed and --sparse_embed applied; ``master`` reports), its loss and optimizer.
+    The caller seeds first."""
+    args = argparse.Namespace(**config["train"])
+    inputs, schema = Inputs.of(store.schema, args.drop_fields, args.labels, device)
+    model = build(config, schema, device)
+    apply_embed_flags(model, args, store, schema.sparse_fields, master)
+    return inputs, model, make_loss_fn(model, args), make_optimizer(model, args)
+
+
 def hparam_value(v: Any) -> int | float | str | bool:
     return v if isinstance(v, (int, float, str, bool)) else str(v)
 
@@ -1418,11 +1430,8 @@ class Trainer:
         np.random.seed(self.args.seed)
         random.seed(self.args.seed)
         self.store = open_store(config["store"]["path"])
-        self.inputs, schema = Inputs.of(self.store.schema, self.args.drop_fields, self.args.labels, ctx.device)
-        self.model = build(config, schema, ctx.device)
-        apply_embed_flags(self.model, self.args, self.store, schema.sparse_fields, ctx.master)
-        self.loss_fn = make_loss_fn(self.model, self.args)
-        self.optimizer = make_optimizer(self.model, self.args)
+        self.inputs, self.model, self.loss_fn, self.optimizer = training_parts(config, self.store, ctx.device,
+                                                                               ctx.master)
         self.scheduler = make_scheduler(self.optimizer, self.args)
         self.progress = Progress()
         if self.args.resume:

@@ -121,18 +121,16 @@ class Parts(NamedTuple):
 
 def setup(name: str, batch_size: int, split: ResidentSplit, args: argparse.Namespace) -> Parts:
     """train.py's model, input selection, loss and optimizer for ``--model name --batch_size batch_size`` on the
-    store, and a loader of ``split`` (on its device)."""
-    device = split.device
+    store (:func:`train.training_parts`), and a loader of ``split`` (on its device)."""
     argv = ["--model", name, "--data", str(args.data), "--batch_size", str(batch_size), "--data_path", "resident",
             *(["--amp"] if args.amp else [])]
     run_args, hparams = train.parse_args(argv)
-    config = train.resolve_config(run_args, hparams, 1, [device])
-    run_args = argparse.Namespace(**config["train"])
-    torch.manual_seed(run_args.seed)
-    inputs, schema = train.Inputs.of(split.schema, run_args.drop_fields, run_args.labels, device)
-    model = train.build(config, schema, device)
-    return Parts(model, inputs, train.make_loss_fn(model, run_args), train.make_optimizer(model, run_args),
-                 make_resident_loader(split, "train", batch_size, train=True, seed=run_args.seed))
+    config = train.resolve_config(run_args, hparams, 1, [split.device])
+    seed = config["train"]["seed"]
+    torch.manual_seed(seed)
+    inputs, model, loss_fn, optimizer = train.training_parts(config, StoreReader(args.data), split.device)
+    return Parts(model, inputs, loss_fn, optimizer,
+                 make_resident_loader(split, "train", batch_size, train=True, seed=seed))
 
 
 def net_for(mode: str, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
