@@ -191,8 +191,7 @@ def ddp_worker(rank: int, port: int, store: str, out: str) -> None:
         del ddp  # its reducer holds the group
     if rank == 0:
         torch.save(results, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    train.leave_group()
 
 
 def test_two_gloo_processes_match_one_process_on_a_behaviour_store(store, tmp_path):

@@ -342,8 +342,7 @@ def ddp_worker(rank: int, port: int, schema: Schema, out: str) -> None:
     if rank == 0:
         torch.save({"state": model.state_dict(), "losses": losses, "gathered": gathered}, out)
     del ddp  # its reducer holds the group: release it, and leave together, before the group goes away
-    dist.barrier()
-    dist.destroy_process_group()
+    train.leave_group()
 
 
 @pytest.mark.parametrize("which", ["schema", "seq_schema"])  # plain fields; sequences, shared vocabularies
@@ -735,8 +734,7 @@ def ddp_clip_worker(rank: int, port: int, schema: Schema, out: str) -> None:
     if rank == 0:
         torch.save(model.state_dict(), out)
     del ddp
-    dist.barrier()
-    dist.destroy_process_group()
+    train.leave_group()
 
 
 DDP_CLIP_FLAGS = ["--embed_l2", "0.01", "--embed_l2_mode", "table", "--lr", "0.01", "--clip_grad_norm", "0.05"]
