@@ -22,7 +22,7 @@ Modes: ``eager``; ``compile``, train.py ``--compile`` (:func:`train.compiled`); 
 ``torch.compile(mode="reduce-overhead")``, which replays each batch shape's kernels as one CUDA graph (CUDA
 only; train.py does not offer it: this measures whether it would pay). Each row prints as soon as it is
 measured, so a run cut short by a timeout keeps its rows; ``--out DIR`` also writes ``bench_gpu.json`` and
-``bench_gpu.md`` there.
+``bench_gpu.md`` there (never over earlier ones without ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ from dataset.store import StoreReader  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "optimizer")
 MODES = ("eager", "compile", "cudagraphs")
+OUT_FILES = ("bench_gpu.json", "bench_gpu.md")
 COLUMNS = ["model", "batch", "mode", *(f"{p} ms" for p in PHASES), "step ms (wall)", "samples/s", "warm-up s"]
 
 
@@ -54,6 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="a store written by preprocess.py")
     p.add_argument("--out", type=Path, default=None, help="also write bench_gpu.json and bench_gpu.md here")
+    p.add_argument("--overwrite", action="store_true", help="replace bench_gpu.json / .md already in --out")
     p.add_argument("--models", nargs="+", default=["DeepFM"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[4096, 16384])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -68,6 +70,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{flag} must be >= 1")
     if any(b < 1 for b in args.batch_sizes):
         p.error("--batch-sizes must be >= 1")
+    taken = [f for f in OUT_FILES if args.out is not None and (args.out / f).exists()]
+    if taken and not args.overwrite:
+        p.error(f"--out {args.out} already holds {' and '.join(taken)}; pass --overwrite to replace them or name "
+                f"another directory")
     return args
 
 
@@ -230,11 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         command = "python scripts/bench_gpu.py " + " ".join(argv)
-        (args.out / "bench_gpu.json").write_text(json.dumps(
-            {"command": command, "machine": info, "train_rows": split.num_rows, "load_s": load_s,
-             "steps": args.steps, "warmup": args.warmup, "amp": args.amp, "results": results}, indent=2) + "\n")
-        (args.out / "bench_gpu.md").write_text(f"Command: `{command}`\n\n{machine_line(info)}\n\n"
-                                               + markdown_table(COLUMNS, [row(r) for r in results]) + "\n")
+        as_json, as_md = (args.out / f for f in OUT_FILES)
+        as_json.write_text(json.dumps({"command": command, "machine": info, "train_rows": split.num_rows,
+                                       "load_s": load_s, "steps": args.steps, "warmup": args.warmup, "amp": args.amp,
+                                       "results": results}, indent=2) + "\n")
+        as_md.write_text(f"Command: `{command}`\n\n{machine_line(info)}\n\n"
+                         + markdown_table(COLUMNS, [row(r) for r in results]) + "\n")
     return 1 if any(r.get("error", "").startswith("failed") for r in results) else 0
 
 

@@ -72,3 +72,15 @@ def test_cuda_without_a_device_is_one_line(store: Path, capsys: pytest.CaptureFi
         pytest.skip("this machine has CUDA")
     assert bench_gpu.main(["--data", str(store), "--device", "cuda"]) == 2
     assert "torch sees no CUDA device; pass --device cpu" in capsys.readouterr().err
+
+
+def test_earlier_results_in_out_are_kept_without_overwrite(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / "bench_gpu.md").write_text("mine")
+    argv = ["--data", str(store), "--device", "cpu", "--models", "LR", "--batch-sizes", "64", "--modes", "eager",
+            "--steps", "1", "--warmup", "1", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        bench_gpu.main(argv)
+    assert "already holds bench_gpu.md; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "bench_gpu.md").read_text() == "mine" and not (tmp_path / "bench_gpu.json").exists()
+    assert bench_gpu.main([*argv, "--overwrite"]) == 0
+    assert "| LR | 64 | eager |" in (tmp_path / "bench_gpu.md").read_text()
